@@ -1,0 +1,114 @@
+"""The self-rewarding run as a Prefect flow: seed data, M0, SFT -> M1, then one subflow per iteration.
+
+Python API::
+
+    from flows import self_rewarding_flow
+    result = self_rewarding_flow("configs/demo.yaml", output_dir="runs")
+
+Re-running the same run (same run name and config, same output directory) resumes it: finished
+steps are read back from their folders, MLflow runs are reopened, nothing is logged twice.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
+
+from flows import steps
+from flows.iteration import iteration_flow, record_stage, with_retries
+from flows.launch import run_training
+from pipeline.config import ConfigError, RunConfig, load_config
+from pipeline.report import comparison_rows, format_table, plot_comparison, write_json
+from pipeline.tracking import Tracker, default_tracking_uri, flatten
+
+prepare_data = task(steps.prepare_data, name="prepare-data", cache_policy=NONE, retries=1)
+build_base_model = task(steps.build_base_model, name="build-base-model", cache_policy=NONE, retries=1)
+train_sft = task(run_training, name="train-sft", task_run_name="sft", cache_policy=NONE, retries=1)
+evaluate_sft = task(steps.evaluate, name="evaluate", task_run_name="evaluate-sft", cache_policy=NONE, retries=1)
+
+
+def _flow_run_name() -> str:
+    config = flow_run.parameters.get("config")
+    return getattr(config, "run_name", None) or "selfreward"
+
+
+@flow(name="selfreward", flow_run_name=_flow_run_name, log_prints=True)
+def self_rewarding_flow(
+    config: RunConfig | str | None = None, output_dir: str = "runs", overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Run (or resume) a self-rewarding run; returns the per-stage table and the output paths.
+
+    Args:
+        config: a validated `RunConfig`, a YAML path, or None for the embedded `configs/demo.yaml`.
+        output_dir: holds `<run_name>/` folders, the MLflow store and (from the CLI) the Prefect home.
+        overrides: `KEY=VALUE` changes applied to a config read from a path.
+    """
+    if not isinstance(config, RunConfig):
+        config = load_config(config, overrides)
+    logger = get_run_logger()
+    output = Path(output_dir).resolve()
+    run_dir = prepare_run_dir(output, config)
+    tracking_uri = default_tracking_uri(output)
+    tracker = Tracker(tracking_uri, config.tracking.experiment, artifact_root=output / "mlartifacts")
+    parent = tracker.start_pipeline(
+        config.run_name, config.model_dump(mode="json"), config.fingerprint(), {"prefect.flow_run_id": str(flow_run.id)}
+    )
+    logger.info("run %s in %s; MLflow %s", config.run_name, run_dir, tracker.run_url(parent))
+    try:
+        data = with_retries(prepare_data, config)(config, run_dir)
+        model = with_retries(build_base_model, config)(config, run_dir, data)
+        if config.sft.enabled:
+            model = _sft_stage(tracker, config, run_dir, parent, model, data, tracking_uri)
+        for iteration in range(1, config.iterations + 1):
+            model = iteration_flow(config, iteration, str(run_dir), model, data, parent, tracking_uri)
+    except BaseException:
+        tracker.finish(parent, "FAILED")
+        raise
+    rows = comparison_rows(tracker.stage_metrics(parent))
+    plot = plot_comparison(rows, run_dir / "plots" / "stages.png")
+    tracker.log_artifact(parent, plot, "plots")
+    tracker.log_artifact(parent, write_json(run_dir / "stages.json", rows), "summary")
+    tracker.finish(parent)
+    print(format_table(rows))
+    print(f"plot: {plot}")
+    return {"run_dir": str(run_dir), "rows": rows, "plot": str(plot), "mlflow_run_id": parent,
+            "tracking_uri": tracking_uri, "final_model": str(steps.model_dir(model))}
+
+
+def _sft_stage(tracker: Tracker, config: RunConfig, run_dir: Path, parent: str, base, data, tracking_uri: str):
+    run_id = tracker.stage_run(parent, config.run_name, "sft", {"prefect.flow_run_id": str(flow_run.id)})
+    tracker.log_params(run_id, config.sft.model_dump(mode="json"))
+    model = with_retries(train_sft, config)("sft", config, run_dir, base, data, tracking_uri=tracking_uri, run_id=run_id)
+    evaluation = with_retries(evaluate_sft, config)(config, "sft", run_dir, model, data) if config.eval.enabled else None
+    record_stage(tracker, config, run_dir, parent, run_id, 0, model, evaluation)
+    return model
+
+
+def prepare_run_dir(output: Path, config: RunConfig) -> Path:
+    """`<output>/<run_name>/` with the resolved config; refuses a different config under the same name."""
+    run_dir = output / config.run_name
+    saved = run_dir / "config.yaml"
+    resolved = config.model_dump(mode="json")
+    if saved.is_file():
+        previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+        changed = _changed_fields(flatten(previous), flatten(resolved))
+        if changed:
+            raise ConfigError(
+                f"run '{config.run_name}' in {output} was started with a different config "
+                f"(changed: {', '.join(changed[:8])}); resume it with the same config, or start a new run "
+                f"with --set run_name=<new name>"
+            )
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = saved.with_name(".config.yaml.tmp")
+    tmp.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, saved)
+    return run_dir
+
+
+def _changed_fields(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))

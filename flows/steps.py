@@ -1,0 +1,375 @@
+"""The steps of a self-rewarding run as plain functions: files in, files out, a small record back.
+
+Each step computes a fingerprint of everything that defines its output (its config section, the
+records of its inputs, the seed) and runs through `stepdir.run_step`, so a finished step is
+never recomputed and an interrupted one restarts from a clean folder. The Prefect tasks in
+`flows/iteration.py` wrap these functions; nothing here imports Prefect or MLflow.
+"""
+
+import json
+import random
+import shutil
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import dpo
+import generation
+import judging
+from flows.stepdir import StepRecord, fingerprint, run_step
+from pipeline import demo_task
+from pipeline.config import DPOConfig, IterationConfig, RunConfig, SamplingConfig
+from pipeline.evaluation import evaluate_model
+from pipeline.models import build_tiny_model, build_tokenizer, load_model_and_tokenizer, select_device
+
+LogFn = Callable[[dict[str, float], int], None]
+MODEL_DIR = "model"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _read_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _sampling(cfg: SamplingConfig, seed: int) -> generation.SamplingParams:
+    return generation.SamplingParams(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        batch_size=cfg.batch_size,
+        seed=seed,
+    )
+
+
+def model_dir(record: StepRecord) -> Path:
+    """The `from_pretrained` directory a model-producing step wrote (or the user's model path)."""
+    path = Path(record.path)
+    return path / MODEL_DIR if (path / MODEL_DIR).is_dir() else path
+
+
+@lru_cache(maxsize=1)
+def _cached_model(path: str, model_fingerprint: str, device: str, dtype: str):
+    # Prompts, candidates, judging and evaluation of one iteration all read M_t: load it once.
+    return load_model_and_tokenizer(path, device=device, dtype=dtype)
+
+
+def load_for_inference(config: RunConfig, record: StepRecord):
+    device = select_device(config.model.device)
+    return _cached_model(str(model_dir(record)), record.fingerprint, device, config.model.dtype)
+
+
+def load_for_training(config: RunConfig, record: StepRecord):
+    device = select_device(config.model.device)
+    return load_model_and_tokenizer(model_dir(record), device=device, dtype=config.model.dtype)
+
+
+def _encode_example(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    prompt_ids = generation.encode_chat_prompt(tokenizer, prompt)
+    response_ids = tokenizer.encode(response, add_special_tokens=False) + [tokenizer.eos_token_id]
+    return prompt_ids, response_ids
+
+
+def _save_model(model, tokenizer, out: Path) -> None:
+    dpo.save_checkpoint(model, out)
+    tokenizer.save_pretrained(out)
+
+
+# ---------------------------------------------------------------- seed data and base model
+
+
+def prepare_data(config: RunConfig, run_dir: Path) -> StepRecord:
+    """Seed data of the run (IFT, EFT, prompt pool, eval prompts), copied or generated."""
+    data = config.data
+
+    def build(tmp: Path) -> dict[str, Any]:
+        tmp.mkdir(parents=True)
+        if data.task == "demo_rules":
+            demo_task.write_seed_data(
+                tmp,
+                seed=config.seed,
+                num_ift=data.num_ift,
+                num_eft=data.num_eft,
+                num_seed_prompts=data.num_seed_prompts,
+                num_eval=data.num_eval,
+            )
+        for name in ("ift", "eft", "seed_prompts", "eval_prompts"):
+            source = getattr(data, name)
+            if source is not None:  # user files replace the generated ones
+                target = tmp / ("eval.jsonl" if name == "eval_prompts" else f"{name}.jsonl")
+                shutil.copyfile(source, target)
+        return {f.stem: sum(1 for _ in open(f, encoding="utf-8")) for f in sorted(tmp.glob("*.jsonl"))}
+
+    return run_step("data", run_dir / "data", fingerprint("data", config.data.model_dump(), config.seed), build)[0]
+
+
+def build_base_model(config: RunConfig, run_dir: Path, data: StepRecord) -> StepRecord:
+    """M0: the user's pretrained model, or a tiny Llama and a BPE tokenizer trained on the seed data."""
+    if config.model.path is not None:
+        path = Path(config.model.path)
+        load_model_and_tokenizer(path, device="cpu", dtype="float32")  # fail fast on a bad directory
+        stats = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
+        return StepRecord(step="base", path=str(path.resolve()), fingerprint=fingerprint("base", stats))
+    tiny = config.model.tiny
+
+    def build(tmp: Path) -> dict[str, Any]:
+        corpus = _corpus(Path(data.path))
+        tokenizer = build_tokenizer(corpus, tmp / "tokenizer", vocab_size=tiny.vocab_size)
+        build_tiny_model(
+            tokenizer,
+            tmp / MODEL_DIR,
+            hidden_size=tiny.hidden_size,
+            num_layers=tiny.num_layers,
+            num_heads=tiny.num_heads,
+            intermediate_size=tiny.intermediate_size,
+            max_position_embeddings=tiny.max_position_embeddings,
+            seed=config.seed,
+        )
+        return {"vocab_size": len(tokenizer)}
+
+    step_fp = fingerprint("base", tiny.model_dump(), data.fingerprint, config.seed)
+    return run_step("base", run_dir / "base", step_fp, build)[0]
+
+
+def _corpus(data_dir: Path) -> list[str]:
+    corpus = data_dir / "tokenizer_corpus.txt"
+    if corpus.is_file():
+        return corpus.read_text(encoding="utf-8").splitlines()
+    texts = []
+    for name in ("ift.jsonl", "eft.jsonl", "seed_prompts.jsonl"):
+        if (data_dir / name).is_file():
+            texts += [v for row in _read_jsonl(data_dir / name) for v in row.values() if isinstance(v, str)]
+    return texts
+
+
+# ---------------------------------------------------------------- SFT: M0 -> M1
+
+
+def train_sft(config: RunConfig, run_dir: Path, base: StepRecord, data: StepRecord, log_fn: LogFn | None = None) -> StepRecord:
+    """Supervised fine-tuning on IFT + EFT seed data gives M1."""
+    sft = config.sft
+
+    def build(tmp: Path) -> dict[str, Any]:
+        model, tokenizer = load_for_training(config, base)
+        rows = _read_jsonl(Path(data.path) / "ift.jsonl")
+        if (Path(data.path) / "eft.jsonl").is_file():
+            rows += _read_jsonl(Path(data.path) / "eft.jsonl")
+        examples = [_encode_example(tokenizer, r["prompt"], r["response"]) for r in rows]
+        dataset = dpo.SFTDataset.from_pairs(examples, max_len=sft.max_len)
+        trainer = dpo.SFTTrainer(model, train_dataset=dataset, log_fn=log_fn, seed=config.seed, **_optim_kwargs(sft))
+        summary = trainer.train()
+        _save_model(model, tokenizer, tmp / MODEL_DIR)
+        return {"examples": len(examples), **_scalars(summary)}
+
+    step_fp = fingerprint("sft", sft.model_dump(), base.fingerprint, data.fingerprint, config.seed)
+    return run_step("sft", run_dir / "sft", step_fp, build)[0]
+
+
+def _optim_kwargs(cfg) -> dict[str, Any]:
+    return {
+        "batch_size": cfg.batch_size,
+        "grad_accum_steps": cfg.grad_accum_steps,
+        "start_learning_rate": cfg.start_learning_rate,
+        "end_learning_rate": cfg.end_learning_rate,
+        "warmup_steps": cfg.warmup_steps,
+        "weight_decay": cfg.weight_decay,
+        "max_grad_norm": cfg.max_grad_norm,
+        "dropout": cfg.dropout,
+        "num_train_steps": cfg.num_train_steps,
+        "num_epochs": cfg.num_epochs,
+    }
+
+
+def _scalars(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if isinstance(v, int | float | bool | str)}
+
+
+# ---------------------------------------------------------------- one iteration: M_t -> M_{t+1}
+
+
+def _iter_dir(run_dir: Path, iteration: int) -> Path:
+    return run_dir / f"iter-{iteration}"
+
+
+def _step_seed(config: RunConfig, iteration: int, salt: int) -> int:
+    return config.seed * 1_000_003 + iteration * 101 + salt
+
+
+def generate_prompts(config: RunConfig, iteration: int, run_dir: Path, model: StepRecord, data: StepRecord) -> StepRecord:
+    """New prompts for this iteration: self-instruct by M_t from the seed pool, or drawn from it."""
+    cfg = config.iteration_config(iteration).prompts
+    seed = _step_seed(config, iteration, 1)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        pool = [r["prompt"] for r in _read_jsonl(Path(data.path) / "seed_prompts.jsonl")]
+        counts: dict[str, Any] = {}
+        if cfg.source == "seed":
+            prompts = random.Random(seed).sample(pool, min(cfg.num_prompts, len(pool)))
+        else:
+            policy, tokenizer = load_for_inference(config, model)
+            prompt_filter = generation.PromptFilter(
+                min_chars=cfg.min_chars, max_chars=cfg.max_chars, max_rouge_l=cfg.max_rouge_l
+            )
+            result = generation.generate_prompts(
+                policy,
+                tokenizer,
+                pool,
+                num_prompts=cfg.num_prompts,
+                shots=cfg.shots,
+                params=_sampling(cfg.sampling, seed),
+                prompt_filter=prompt_filter,
+            )
+            prompts, counts = result.prompts, dict(result.rejected)
+        _write_jsonl(tmp / "prompts.jsonl", [{"prompt": p} for p in prompts])
+        return {"prompts": len(prompts), "rejected": counts}
+
+    step_fp = fingerprint("prompts", cfg.model_dump(), model.fingerprint, data.fingerprint, seed)
+    return run_step("prompts", _iter_dir(run_dir, iteration) / "prompts", step_fp, build)[0]
+
+
+def sample_candidates(config: RunConfig, iteration: int, run_dir: Path, model: StepRecord, prompts: StepRecord) -> StepRecord:
+    """N candidate responses per prompt from M_t."""
+    cfg = config.iteration_config(iteration).candidates
+    seed = _step_seed(config, iteration, 2)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        policy, tokenizer = load_for_inference(config, model)
+        texts = [r["prompt"] for r in _read_jsonl(Path(prompts.path) / "prompts.jsonl")]
+        prompt_ids = [generation.encode_chat_prompt(tokenizer, t) for t in texts]
+        stats = generation.GenerationStats()
+        outputs = generation.generate(policy, tokenizer, prompt_ids, _sampling(cfg.sampling, seed), cfg.num, stats)
+        rows = [
+            {
+                "prompt": text,
+                "prompt_ids": ids,
+                "candidates": [{"text": c.text, "token_ids": c.token_ids, "finished": c.finished} for c in completions],
+            }
+            for text, ids, completions in zip(texts, prompt_ids, outputs, strict=True)
+        ]
+        _write_jsonl(tmp / "candidates.jsonl", rows)
+        return {"sequences": stats.sequences, "new_tokens": stats.new_tokens, "tokens_per_second": stats.tokens_per_second}
+
+    step_fp = fingerprint("candidates", cfg.model_dump(), model.fingerprint, prompts.fingerprint, seed)
+    return run_step("candidates", _iter_dir(run_dir, iteration) / "candidates", step_fp, build)[0]
+
+
+def judge_candidates(config: RunConfig, iteration: int, run_dir: Path, model: StepRecord, candidates: StepRecord) -> StepRecord:
+    """M_t judges its own candidates K times each (or an external reward function scores them)."""
+    cfg = config.iteration_config(iteration).judge
+    seed = _step_seed(config, iteration, 3)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        rows = _read_jsonl(Path(candidates.path) / "candidates.jsonl")
+        prompts = [r["prompt"] for r in rows]
+        texts = [[c["text"] for c in r["candidates"]] for r in rows]
+        stats = judging.JudgingStats()
+        if cfg.reward_fn:
+            judged = judging.score_with_reward_fn(judging.load_reward_fn(cfg.reward_fn), prompts, texts)
+        else:
+            policy, tokenizer = load_for_inference(config, model)
+            judged = judging.judge_candidates(
+                policy,
+                tokenizer,
+                prompts,
+                texts,
+                template=judging.load_template(cfg.template),
+                num_judgments=cfg.num_judgments,
+                params=_sampling(cfg.sampling, seed),
+                stats=stats,
+            )
+        out = [
+            {"scores": [j.score for j in per_prompt], "judgments": [j.judgments for j in per_prompt]}
+            for per_prompt in judged
+        ]
+        _write_jsonl(tmp / "judgments.jsonl", out)
+        return stats.summary()
+
+    step_fp = fingerprint("judge", cfg.model_dump(), model.fingerprint, candidates.fingerprint, seed)
+    return run_step("judge", _iter_dir(run_dir, iteration) / "judgments", step_fp, build)[0]
+
+
+def build_pairs(
+    config: RunConfig, iteration: int, run_dir: Path, candidates: StepRecord, judgments: StepRecord
+) -> StepRecord:
+    """Best-vs-worst preference pairs (ties dropped) streamed into the DPO memmaps."""
+    cfg = config.iteration_config(iteration)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        cand_rows = _read_jsonl(Path(candidates.path) / "candidates.jsonl")
+        judge_rows = _read_jsonl(Path(judgments.path) / "judgments.jsonl")
+        stats = judging.build_preference_pairs(
+            tmp,
+            cand_rows,
+            judge_rows,
+            max_len=cfg.dpo.max_len,
+            strategy=cfg.pairs.strategy,
+            rho=cfg.pairs.rho,
+        )
+        return stats.summary()
+
+    step_fp = fingerprint("pairs", cfg.pairs.model_dump(), cfg.dpo.max_len, candidates.fingerprint, judgments.fingerprint)
+    return run_step("pairs", _iter_dir(run_dir, iteration) / "pairs", step_fp, build)[0]
+
+
+def train_dpo(
+    config: RunConfig, iteration: int, run_dir: Path, model: StepRecord, pairs: StepRecord, log_fn: LogFn | None = None
+) -> StepRecord:
+    """DPO on this iteration's pairs: the policy starts at M_t and the reference is reset to M_t."""
+    cfg: DPOConfig = config.iteration_config(iteration).dpo
+    seed = _step_seed(config, iteration, 4)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        policy, tokenizer = load_for_training(config, model)
+        if pairs.summary.get("pairs", 0) == 0:
+            # Every prompt tied or failed to parse: nothing to learn from, M_{t+1} = M_t.
+            _save_model(policy, tokenizer, tmp / MODEL_DIR)
+            return {"skipped": "no preference pairs", "steps": 0}
+        model_with_ref = dpo.DPO(
+            policy,
+            beta=cfg.beta,
+            loss_type=cfg.loss_type,
+            label_smoothing=cfg.label_smoothing,
+            nll_weight=cfg.nll_weight,
+            reduction=cfg.reduction,
+        )
+        trainer = dpo.DPOTrainer(
+            model_with_ref,
+            dataset_generator=lambda: dpo.DPODataset(pairs.path, vocab_size=len(tokenizer)),
+            precompute_ref_logps=cfg.precompute_ref_logps,
+            log_fn=log_fn,
+            seed=seed,
+            **_optim_kwargs(cfg),
+        )
+        summary = trainer.train()  # calls the generator, then resets the reference to the policy (M_t)
+        _save_model(policy, tokenizer, tmp / MODEL_DIR)
+        return _scalars(summary)
+
+    step_fp = fingerprint("dpo", cfg.model_dump(), model.fingerprint, pairs.fingerprint, seed)
+    return run_step("dpo", _iter_dir(run_dir, iteration) / "checkpoint", step_fp, build)[0]
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate(config: RunConfig, stage: str, run_dir: Path, model: StepRecord, data: StepRecord) -> StepRecord:
+    """Held-out evaluation of a stage's model (ground truth for the demo task, self-judged otherwise)."""
+
+    def build(tmp: Path) -> dict[str, Any]:
+        policy, tokenizer = load_for_inference(config, model)
+        metrics, samples = evaluate_model(policy, tokenizer, config, Path(data.path))
+        _write_jsonl(tmp / "samples.jsonl", samples)
+        return metrics
+
+    step_fp = fingerprint("eval", config.eval.model_dump(), config.iteration.judge.model_dump(), model.fingerprint, data.fingerprint)
+    return run_step("eval", run_dir / stage / "eval", step_fp, build)[0]

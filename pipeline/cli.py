@@ -1,0 +1,143 @@
+"""`selfreward`: run a self-rewarding pipeline, compare its stages, open the MLflow UI.
+
+    selfreward run [CONFIG] [--output DIR] [--set KEY=VALUE ...]
+    selfreward compare [RUN_NAME] [--output DIR] [--json]
+    selfreward ui [--output DIR] [--port PORT]
+
+A mistake in the input (config, data, model directory, judge template) prints one clear message
+and exits with code 2; nothing is half-written.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.config import ConfigError, load_config
+
+# Telemetry off and a generous start-up budget for Prefect's local server on slow machines.
+OFFLINE_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+EXIT_USAGE = 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Exception types that mean 'bad input', each defined by the package that checks it."""
+    from dpo import PreferenceDataError
+    from generation import PromptFileError
+    from judging import RewardFunctionError, TemplateError
+    from pipeline.models import ModelLoadError
+
+    return ConfigError, PreferenceDataError, PromptFileError, RewardFunctionError, TemplateError, ModelLoadError
+
+
+def _fail(message: str) -> int:
+    print(f"selfreward: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)  # fails fast, before the heavy imports
+    output = Path(args.output).resolve()
+    if "PREFECT_API_URL" not in os.environ:
+        # Ephemeral Prefect keeps its database with the run, so `selfreward ui` can show it later.
+        os.environ.setdefault("PREFECT_HOME", str(output / "prefect"))
+    from flows import self_rewarding_flow
+
+    result = self_rewarding_flow(config, output_dir=str(output))
+    print(f"\nrun folder: {result['run_dir']}")
+    print(f"stage plot: {result['plot']}")
+    print(f"MLflow UI:  selfreward ui --output {output}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pipeline.report import comparison_rows, format_table, plot_comparison
+    from pipeline.tracking import Tracker, default_tracking_uri
+
+    output = Path(args.output).resolve()
+    tracking_uri = default_tracking_uri(output)
+    if tracking_uri.startswith("sqlite") and not (output / "mlflow.db").is_file():
+        return _fail(f"no MLflow store in {output} (expected {output / 'mlflow.db'}); run `selfreward run` first")
+    tracker = Tracker(tracking_uri, args.experiment, artifact_root=output / "mlartifacts")
+    run_name = args.run_name or tracker.latest_pipeline_name()
+    parent = tracker.find_pipeline(run_name) if run_name else None
+    if parent is None:
+        return _fail(f"no run named {run_name!r} in experiment {args.experiment!r} at {tracking_uri}")
+    rows = comparison_rows(tracker.stage_metrics(parent))
+    plot = plot_comparison(rows, output / run_name / "plots" / "compare.png")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+        print(f"plot: {plot}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    output = Path(args.output).resolve()
+    db = output / "mlflow.db"
+    if not db.is_file():
+        return _fail(f"no MLflow store in {output} (expected {db}); run `selfreward run` first")
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    command = [mlflow, "server", "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(output / "mlartifacts")]
+    print(f"MLflow UI: http://127.0.0.1:{args.port}  (Ctrl-C to stop)")
+    print(f"Prefect UI: PREFECT_HOME={output / 'prefect'} prefect server start --host 127.0.0.1")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    try:
+        return subprocess.run(command, env=env).returncode
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfreward", description="Self-Rewarding Language Models as pipelines.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run or resume a pipeline")
+    run.add_argument("config", nargs="?", help="YAML config (default: the embedded configs/demo.yaml)")
+    run.add_argument("--output", default="runs", help="output directory (default: ./runs)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field, e.g. --set iteration.dpo.beta=0.2")
+    run.set_defaults(func=cmd_run)
+
+    compare = sub.add_parser("compare", help="per-stage table and plot of a run")
+    compare.add_argument("run_name", nargs="?", help="run name (default: the most recent run)")
+    compare.add_argument("--output", default="runs")
+    compare.add_argument("--experiment", default="selfreward")
+    compare.add_argument("--json", action="store_true", help="print a JSON list, one object per stage")
+    compare.set_defaults(func=cmd_compare)
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for an output directory")
+    ui.add_argument("--output", default="runs")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        return _fail(str(err))
+    except Exception as err:
+        if isinstance(err, _user_errors()):
+            return _fail(str(err))
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""The run configuration: one YAML file describes a whole self-rewarding run.
+
+Sections follow the loop's steps: `model`, `data`, `sft`, then `iteration` (the settings every
+iteration uses) and `overrides` (per-iteration changes, as a list or a mapping by iteration number),
+plus `runtime` and `tracking`. Defaults live here, once; a YAML file holds only what it changes.
+
+This module imports no torch or mlflow, so a bad config fails in well under a second.
+"""
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TinyModelConfig(_Section):
+    """A Llama-architecture model built from scratch (the demo and the tests)."""
+
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(128, ge=8)
+    max_position_embeddings: int = Field(256, ge=16)
+    vocab_size: int = Field(384, ge=64, description="BPE vocabulary trained on the task's corpus")
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+
+class ModelConfig(_Section):
+    """`path` is a local `from_pretrained` directory; without it, a tiny model is built from `tiny`."""
+
+    path: str | None = None
+    tiny: TinyModelConfig = TinyModelConfig()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class DataConfig(_Section):
+    """Seed data. `task: demo_rules` generates everything from the built-in synthetic task."""
+
+    task: Literal["demo_rules"] | None = "demo_rules"
+    ift: str | None = Field(None, description="JSONL of {prompt, response}: instruction fine-tuning")
+    eft: str | None = Field(None, description="JSONL of {prompt, response}: judge fine-tuning")
+    seed_prompts: str | None = Field(None, description="prompt pool for self-instruct, or the prompt source")
+    eval_prompts: str | None = Field(None, description="held-out prompts for evaluation")
+    num_ift: int = Field(600, ge=1)
+    num_eft: int = Field(600, ge=1)
+    num_seed_prompts: int = Field(200, ge=1)
+    num_eval: int = Field(100, ge=1)
+
+    @model_validator(mode="after")
+    def _files_or_task(self) -> "DataConfig":
+        if self.task is None and not (self.ift and self.seed_prompts):
+            raise ValueError("without a built-in `task`, give at least `ift` and `seed_prompts` files")
+        return self
+
+
+class OptimConfig(_Section):
+    """Shared by SFT and DPO: AdamW, linear warm-up then linear decay from start to end LR."""
+
+    start_learning_rate: float = Field(1e-3, gt=0)
+    end_learning_rate: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    batch_size: int = Field(16, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    num_train_steps: int | None = Field(None, ge=1)
+    num_epochs: int | None = Field(None, ge=1)
+    max_len: int = Field(128, ge=8, description="tokens per training sequence (prompt + response)")
+
+
+class SFTConfig(OptimConfig):
+    enabled: bool = True
+
+
+class SamplingConfig(_Section):
+    max_new_tokens: int = Field(64, ge=1, description="NEW tokens only")
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    batch_size: int = Field(64, ge=1)
+
+
+class PromptsConfig(_Section):
+    """Where an iteration's prompts come from: self-instruct from the seed pool, or the pool itself."""
+
+    source: Literal["self_instruct", "seed"] = "self_instruct"
+    num_prompts: int = Field(64, ge=1)
+    shots: int = Field(4, ge=1)
+    max_rouge_l: float = Field(0.7, ge=0, le=1)
+    min_chars: int = Field(8, ge=1)
+    max_chars: int = Field(400, ge=1)
+    sampling: SamplingConfig = SamplingConfig(temperature=0.8, max_new_tokens=48)
+
+
+class CandidatesConfig(_Section):
+    num: int = Field(4, ge=2, description="N candidate responses per prompt")
+    sampling: SamplingConfig = SamplingConfig()
+
+
+class JudgeConfig(_Section):
+    template: str = Field("default", description="'default', or a YAML judge template path")
+    num_judgments: int = Field(3, ge=1, description="K judgments per candidate, averaged")
+    reward_fn: str | None = Field(None, description="'module:function' external reward instead of self-judging")
+    sampling: SamplingConfig = SamplingConfig(temperature=0.7, max_new_tokens=64)
+
+
+class PairsConfig(_Section):
+    strategy: Literal["max_min", "length_control"] = "max_min"
+    rho: float = Field(0.0, ge=0, le=1, description="tier width for length_control")
+
+
+class DPOConfig(OptimConfig):
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    nll_weight: float = Field(0.0, ge=0)
+    reduction: Literal["sum", "mean"] = "sum"
+    precompute_ref_logps: bool = True
+    start_learning_rate: float = Field(1e-4, gt=0)
+    end_learning_rate: float = Field(1e-5, ge=0)
+
+
+class IterationConfig(_Section):
+    prompts: PromptsConfig = PromptsConfig()
+    candidates: CandidatesConfig = CandidatesConfig()
+    judge: JudgeConfig = JudgeConfig()
+    pairs: PairsConfig = PairsConfig()
+    dpo: DPOConfig = DPOConfig()
+
+
+class EvalConfig(_Section):
+    enabled: bool = True
+    max_new_tokens: int = Field(32, ge=1)
+    num_judge_pairs: int = Field(100, ge=0, description="pairs for the judge's pairwise accuracy")
+
+
+class RuntimeConfig(_Section):
+    """Where heavy steps run: in the flow process, or as `accelerate launch` subprocesses."""
+
+    launcher: Literal["inprocess", "accelerate"] = "inprocess"
+    num_processes: int = Field(1, ge=1)
+    retries: int = Field(1, ge=0)
+    retry_delay_seconds: float = Field(2.0, ge=0)
+
+
+class TrackingConfig(_Section):
+    experiment: str = "selfreward"
+    registered_model: str | None = Field(None, description="model registry name; default '<run_name>-policy'")
+    log_checkpoints: bool = Field(True, description="copy each checkpoint into MLflow and register it")
+
+
+class RunConfig(_Section):
+    run_name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    iterations: int = Field(2, ge=1)
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    sft: SFTConfig = SFTConfig()
+    iteration: IterationConfig = IterationConfig()
+    overrides: dict[int, dict[str, Any]] = Field(
+        default_factory=dict, description="per-iteration changes to `iteration`, keyed by iteration (1-based)"
+    )
+    eval: EvalConfig = EvalConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _overrides_list_to_mapping(cls, data: Any) -> Any:
+        # `overrides: [{...}, {...}]` is the list form: entry k applies to iteration k+1.
+        if isinstance(data, dict) and isinstance(data.get("overrides"), list):
+            data = {**data, "overrides": {i + 1: o or {} for i, o in enumerate(data["overrides"])}}
+        return data
+
+    @model_validator(mode="after")
+    def _check_overrides(self) -> "RunConfig":
+        for it in self.overrides:
+            if not 1 <= it <= self.iterations:
+                raise ValueError(f"overrides has iteration {it}, but iterations is {self.iterations}")
+        for it in range(1, self.iterations + 1):
+            self.iteration_config(it)  # validates every merged iteration now, not mid-run
+        return self
+
+    def iteration_config(self, iteration: int) -> IterationConfig:
+        """The settings of one iteration: `iteration` with that iteration's overrides merged in."""
+        override = self.overrides.get(iteration)
+        if not override:
+            return self.iteration
+        merged = _deep_merge(self.iteration.model_dump(), override)
+        try:
+            return IterationConfig.model_validate(merged)
+        except ValidationError as err:
+            raise ValueError(_format_errors(err, prefix=f"overrides.{iteration}")) from None
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short stable hash of the named sections (all when none), for resume keys."""
+        dumped = self.model_dump(mode="json")
+        picked = {k: dumped[k] for k in sections} if sections else dumped
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_errors(err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
+        got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{path}: {msg}{got}" if path else msg)
+    return "\n".join(lines)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """Turn `--set a.b=c` strings into a nested mapping; values are parsed as YAML scalars."""
+    result: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set iteration.dpo.beta=0.2")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {pair!r}: value is not valid YAML ({err})") from None
+        node = result
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(int(part) if part.isdigit() else part, {})
+        node[parts[-1]] = value
+    return result
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config ({err})") from None
+    try:
+        data = yaml.safe_load(text)  # safe loader: no Python-object tags
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read, merge `--set` overrides into, and validate a run config.
+
+    Args:
+        path: a YAML file; `None` means the embedded default, `configs/demo.yaml`.
+        overrides: `KEY=VALUE` strings applied on top of the file.
+
+    Raises:
+        ConfigError: naming the file, the field path and what is expected.
+    """
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    raw = _deep_merge(_read_yaml(path), parse_overrides(overrides or []))
+    _resolve_relative_paths(raw, path.parent)
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: invalid config\n" + _format_errors(err)) from None
+    except ValueError as err:  # raised by iteration_config() with its own field path
+        raise ConfigError(f"{path}: invalid config\n{err}") from None
+    return config.model_copy(update={"data": _resolve_data_paths(config.data, path.parent)})
+
+
+def _resolve_relative_paths(raw: dict, base: Path) -> None:
+    # A judge template or model directory named relative to the config file is found from any CWD.
+    sections = [raw.get("iteration")] + list((raw.get("overrides") or {}).values() if isinstance(raw.get("overrides"), dict) else raw.get("overrides") or [])
+    for section in sections:
+        judge = section.get("judge") if isinstance(section, dict) else None
+        if isinstance(judge, dict) and isinstance(judge.get("template"), str) and judge["template"] != "default":
+            candidate = base / judge["template"]
+            if candidate.is_file():
+                judge["template"] = str(candidate.resolve())
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("path"), str) and (base / model["path"]).is_dir():
+        model["path"] = str((base / model["path"]).resolve())
+
+
+def _resolve_data_paths(data: DataConfig, base: Path) -> DataConfig:
+    # Relative data paths are relative to the config file, so a run works from any directory.
+    updates = {}
+    for name in ("ift", "eft", "seed_prompts", "eval_prompts"):
+        value = getattr(data, name)
+        if value is not None:
+            resolved = (base / value).resolve()
+            if not resolved.is_file():
+                raise ConfigError(f"data.{name}: file not found: {resolved}")
+            updates[name] = str(resolved)
+    return data.model_copy(update=updates)

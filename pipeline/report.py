@@ -1,0 +1,138 @@
+"""What a person reads: the per-stage comparison table, its PNG plots and the Prefect summaries."""
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Columns of `selfreward compare`, in order; evaluation metrics follow them.
+TABLE_COLUMNS = [
+    "stage", "model", "num_pairs", "skip_rate", "parse_failure_rate", "mean_chosen_score",
+    "mean_rejected_score", "dpo_reward_accuracy",
+]
+CURVES = ["loss", "rewards/accuracies", "rewards/margins"]
+
+
+def stage_name(index: int) -> str:
+    return "sft" if index == 0 else f"iter-{index}"
+
+
+def artifact_key(run_name: str, stage: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{run_name}-{stage}".lower()).strip("-")
+
+
+def comparison_rows(stage_metrics: Mapping[int, Mapping[str, float]]) -> list[dict]:
+    """One row per stage (0 = SFT), model M_{index+1}, from the parent run's per-stage metrics."""
+    return [
+        {"stage": stage_name(i), "model": f"M{i + 1}", **dict(stage_metrics[i])}
+        for i in sorted(stage_metrics)
+    ]
+
+
+def format_table(rows: Sequence[Mapping]) -> str:
+    """A fixed-width text table of the comparison rows."""
+    if not rows:
+        return "(no finished stages)"
+    extra = sorted({k for r in rows for k in r} - set(TABLE_COLUMNS))
+    columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows)] + extra
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.0f}" if value.is_integer() and abs(value) >= 10 else f"{value:.3f}"
+    return str(value)
+
+
+def plot_comparison(rows: Sequence[Mapping], path: Path, metrics: Sequence[str] | None = None) -> Path:
+    """A PNG with one panel per metric across stages (M1, M2, ...)."""
+    numeric = [k for k in (metrics or _plottable(rows)) if any(isinstance(r.get(k), int | float) for r in rows)]
+    cols = min(3, max(1, len(numeric)))
+    nrows = max(1, -(-len(numeric) // cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
+    labels = [r["model"] for r in rows]
+    for ax, key in zip(axes.flat, numeric):
+        ax.plot(labels, [r.get(key, float("nan")) for r in rows], marker="o")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(numeric):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _plottable(rows: Sequence[Mapping]) -> list[str]:
+    preferred = ["gt_score", "gt_success", "judge_pairwise_accuracy", "mean_response_length", "num_pairs",
+                 "dpo_reward_accuracy"]
+    keys = [k for k in preferred if any(k in r for r in rows)]
+    return keys or [k for k in rows[0] if k not in ("stage", "model")] if rows else []
+
+
+def plot_learning_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: Path, title: str) -> Path | None:
+    present = {k: v for k, v in curves.items() if v}
+    if not present:
+        return None
+    fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3), squeeze=False)
+    for ax, (key, points) in zip(axes.flat, present.items()):
+        ax.plot([s for s, _ in points], [v for _, v in points])
+        ax.set_title(f"{title}: {key}")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_score_histogram(histogram: Mapping[str, int], path: Path, title: str) -> Path | None:
+    if not histogram:
+        return None
+    keys = sorted(histogram, key=lambda k: float(k) if _is_number(k) else float("inf"))
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(keys, [histogram[k] for k in keys])
+    ax.set_title(title)
+    ax.set_xlabel("judge score")
+    ax.set_ylabel("candidates")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def stage_summary_markdown(run_name: str, stage: str, metrics: Mapping[str, float], link: str) -> str:
+    lines = [f"# {run_name}: {stage}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_cell(v)} |" for k, v in sorted(metrics.items())]
+    lines += ["", f"MLflow: {link}"]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, data) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,21 @@
+"""Shared test set-up: offline hygiene and small thread counts for a 2-core machine.
+
+Tiers: plain `pytest` runs everything; `-m "not slow"` skips the end-to-end tests that start
+real Prefect/MLflow servers or `accelerate launch` subprocesses.
+"""
+
+import os
+
+# Set before prefect, mlflow or torch are imported anywhere in the session.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
