@@ -1,0 +1,142 @@
+"""Self-instruct prompt generation: few-shot prompts from a seed pool, sampled, cut and filtered."""
+
+import dataclasses
+import random
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from generation.chat import encode_chat_prompt
+from generation.decoding import generate
+from generation.filters import PromptFilter, PromptPool
+from generation.sampling import SamplingParams
+from generation.stats import GenerationStats
+
+FEWSHOT_INSTRUCTION = (
+    "Come up with a new task for an AI assistant. Below are example tasks written by users. "
+    "Write exactly one new task that is different from all of them: self-contained, clear, and "
+    "answerable in text. Write only the task itself, without an answer."
+)
+TASK_LABEL = "Task {number}:"
+# A generated task ends where the model starts labelling another one (or at EOS).
+_NEXT_TASK = re.compile(r"^\s*Task\s*\d+\s*:", flags=re.MULTILINE)
+
+
+def build_fewshot_prompt(examples: Sequence[str], rng: random.Random) -> str:
+    """Few-shot text asking for one new task after listing `examples` in a random order.
+
+    Args:
+        examples: Example tasks (e.g. 8 drawn from the seed pool).
+        rng: Source of the example order.
+
+    Returns:
+        Instruction, numbered example tasks, and an open label for the next task.
+    """
+    shuffled = list(examples)
+    rng.shuffle(shuffled)
+    listed = "\n\n".join(f"{TASK_LABEL.format(number=i)} {ex.strip()}" for i, ex in enumerate(shuffled, 1))
+    return f"{FEWSHOT_INSTRUCTION}\n\n{listed}\n\n{TASK_LABEL.format(number=len(shuffled) + 1)}"
+
+
+def extract_task(generated: str, first_line_only: bool = False) -> str:
+    """The new task in a completion: text before the next "Task N:" label, optionally its first line."""
+    marker = _NEXT_TASK.search(generated)
+    task = generated[: marker.start()] if marker else generated
+    task = task.strip()
+    if first_line_only:
+        task = task.split("\n", 1)[0].strip()
+    return task
+
+
+@dataclass
+class GeneratedPrompts:
+    """Result of `generate_prompts`.
+
+    Attributes:
+        prompts: Accepted new prompts, at most `num_prompts`.
+        rejected: Rejections by reason ("empty", "too_short", "duplicate", "near_duplicate", ...).
+        candidates: Candidates sampled in total.
+        rounds: Sampling rounds run.
+        stats: Generation throughput of all rounds.
+    """
+
+    prompts: list[str] = field(default_factory=list)
+    rejected: Counter = field(default_factory=Counter)
+    candidates: int = 0
+    rounds: int = 0
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+def _fewshot_token_ids(tokenizer: Any, text: str, chat: bool) -> list[int]:
+    if chat:
+        return encode_chat_prompt(tokenizer, text)
+    return list(tokenizer.encode(text + " ", add_special_tokens=True))
+
+
+def generate_prompts(
+    model: Any,
+    tokenizer: Any,
+    seed_prompts: Sequence[str],
+    *,
+    num_prompts: int,
+    shots: int = 8,
+    params: SamplingParams,
+    max_attempts: int = 10,
+    filters: PromptFilter | None = None,
+    chat: bool = True,
+    first_line_only: bool = False,
+    oversample: float = 1.0,
+) -> GeneratedPrompts:
+    """Self-instruct: sample new prompts from few-shot prompts until `num_prompts` pass the filters.
+
+    Each round builds one few-shot prompt per missing prompt (times `oversample`), each from `shots`
+    seed prompts drawn at random, samples one completion each, cuts it at the next task label and
+    filters it against the seeds and everything accepted so far. The round seed is `params.seed +
+    round`, so rounds draw different samples while the whole run stays reproducible.
+
+    Args:
+        model: Causal LM used to write prompts.
+        tokenizer: Its tokenizer.
+        seed_prompts: Example pool (also the novelty reference for filtering).
+        num_prompts: Prompts wanted.
+        shots: Examples per few-shot prompt (capped by the pool size).
+        params: Sampling settings.
+        max_attempts: Maximum sampling rounds.
+        filters: Acceptance rules (defaults to `PromptFilter()`).
+        chat: Wrap the few-shot text as a chat user turn (else plain continuation text).
+        first_line_only: Keep only the first line of each generated task.
+        oversample: Candidates per missing prompt in each round.
+
+    Returns:
+        Accepted prompts with rejection counts and throughput figures.
+    """
+    if not seed_prompts:
+        raise ValueError("generate_prompts needs at least one seed prompt")
+    if num_prompts < 0 or shots < 1 or max_attempts < 1 or oversample <= 0:
+        raise ValueError(
+            f"invalid settings num_prompts={num_prompts}, shots={shots}, max_attempts={max_attempts}, "
+            f"oversample={oversample}; expected num_prompts >= 0, shots >= 1, max_attempts >= 1, oversample > 0"
+        )
+    rule = filters or PromptFilter()
+    pool = PromptPool.of(seed_prompts)
+    result = GeneratedPrompts()
+    rng = random.Random(params.seed)
+    while len(result.prompts) < num_prompts and result.rounds < max_attempts:
+        missing = num_prompts - len(result.prompts)
+        count = max(1, round(missing * oversample))
+        fewshots = [
+            build_fewshot_prompt(rng.sample(list(seed_prompts), min(shots, len(seed_prompts))), rng)
+            for _ in range(count)
+        ]
+        round_params = dataclasses.replace(params, seed=params.seed + result.rounds)
+        token_ids = [_fewshot_token_ids(tokenizer, text, chat) for text in fewshots]
+        completions = generate(model, tokenizer, token_ids, round_params, stats=result.stats)
+        tasks = [extract_task(samples[0].text, first_line_only) for samples in completions]
+        accepted, rejected = rule.apply(tasks, pool)
+        result.prompts.extend(accepted[:missing])
+        result.rejected.update(rejected)
+        result.candidates += len(tasks)
+        result.rounds += 1
+    return result

@@ -1,0 +1,300 @@
+"""Loading local Hugging Face causal LMs, and building tiny tokenizers/models for tests and smoke runs.
+
+`build_tiny_model` saves a normal `from_pretrained` directory, so the tiny model and a downloaded
+Llama/Qwen/Mistral go through the same `load_model_and_tokenizer` path.
+"""
+
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer directory is missing, incomplete or unusable for generation."""
+
+
+class DeviceError(ValueError):
+    """An unknown or unavailable device / dtype was requested."""
+
+
+BOS, EOS, PAD, USER, ASSISTANT = "<|bos|>", "<|eos|>", "<|pad|>", "<|user|>", "<|assistant|>"
+# Pad first so it gets id 0; the rest follow in a fixed order so ids are stable across builds.
+SPECIAL_TOKENS = [PAD, BOS, EOS, USER, ASSISTANT]
+
+# User turn: <|bos|><|user|>\n{content}<|eos|>\n ; assistant turn: <|assistant|>\n{content}<|eos|>\n ;
+# generation prompt: <|assistant|>\n (so the prompt ends exactly where the response starts).
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}"
+    "{{ bos_token }}<|user|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}"
+    "<|assistant|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% else %}"
+    "{{ raise_exception('the tiny chat template supports only user and assistant roles') }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+# Any of these in a model directory means weights are present (single file, sharded, or legacy .bin).
+_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "*.bin.index.json")
+
+
+def select_device(pref: str = "auto") -> torch.device:
+    """Resolve a device preference.
+
+    Args:
+        pref: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+
+    Returns:
+        The torch device.
+    """
+    if pref == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(pref)
+    except RuntimeError as err:
+        raise DeviceError(f"device={pref!r} is not a device name; expected 'auto', 'cpu' or 'cuda'") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device={pref!r} was requested but CUDA is not available on this machine")
+    return device
+
+
+def select_dtype(pref: str | torch.dtype = "auto", device: str | torch.device = "cpu") -> torch.dtype:
+    """Resolve a dtype preference.
+
+    Args:
+        pref: "auto" (bfloat16 on a CUDA device that supports it, else float32), "float32",
+            "bfloat16", "float16" or a torch dtype.
+        device: The device the model will run on.
+
+    Returns:
+        The torch dtype.
+    """
+    if isinstance(pref, torch.dtype):
+        return pref
+    if pref == "auto":
+        on_cuda = torch.device(device).type == "cuda"
+        return torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
+    if pref not in DTYPES:
+        raise DeviceError(f"dtype={pref!r} is unknown; expected 'auto' or one of {sorted(DTYPES)}")
+    return DTYPES[pref]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) global random generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _publish_dir(tmp_dir: Path, out_dir: Path) -> None:
+    """Move a fully written temp directory to `out_dir`, replacing an old one only after success."""
+    backup = None
+    if out_dir.exists():
+        backup = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(backup)
+    tmp_dir.rename(out_dir)
+    if backup is not None:
+        shutil.rmtree(backup)
+
+
+def _temp_dir_next_to(out_dir: Path) -> Path:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+
+
+def build_tokenizer(
+    texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 512
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer with the tiny chat format and save it as a HF tokenizer directory.
+
+    Args:
+        texts: Training texts; the same texts give the same tokenizer.
+        out_dir: Directory to write (`save_pretrained` layout); replaced if it exists.
+        vocab_size: Target vocabulary size including the 256 byte symbols and 5 special tokens.
+
+    Returns:
+        The tokenizer, with BOS/EOS/PAD set, left padding and the chat template.
+    """
+    corpus = [t for t in texts if t]
+    if not corpus:
+        raise ValueError("build_tokenizer needs at least one non-empty training text")
+    minimum = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS) + 1
+    if vocab_size < minimum:
+        raise ValueError(f"vocab_size={vocab_size} is too small; byte-level BPE needs at least {minimum}")
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # any byte stays encodable
+        show_progress=False,
+    )
+    backend.train_from_iterator(corpus, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=[USER, ASSISTANT],
+        chat_template=TINY_CHAT_TEMPLATE,
+        padding_side="left",
+    )
+    out_path = Path(out_dir)
+    tmp_dir = _temp_dir_next_to(out_path)
+    tokenizer.save_pretrained(tmp_dir)
+    _publish_dir(tmp_dir, out_path)
+    return tokenizer
+
+
+def build_tiny_model(
+    tokenizer_dir_or_tokenizer: str | os.PathLike | PreTrainedTokenizerBase,
+    out_dir: str | os.PathLike,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 256,
+    seed: int = 0,
+    **overrides: Any,
+) -> Path:
+    """Save a randomly initialised tiny Llama and its tokenizer as a `from_pretrained` directory.
+
+    Args:
+        tokenizer_dir_or_tokenizer: A tokenizer or a directory holding one.
+        out_dir: Output directory (config, safetensors weights, tokenizer); replaced if it exists.
+        hidden_size: Model width.
+        num_layers: Decoder layers.
+        num_heads: Attention heads (also used as key/value heads).
+        intermediate_size: MLP width.
+        max_position_embeddings: Context length.
+        seed: Initialisation seed (the global RNG state is left untouched).
+        **overrides: Extra `LlamaConfig` fields (e.g. `initializer_range`, `tie_word_embeddings`).
+
+    Returns:
+        The output directory.
+    """
+    tokenizer = tokenizer_dir_or_tokenizer
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+    settings: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_heads,
+        "intermediate_size": intermediate_size,
+        "max_position_embeddings": max_position_embeddings,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        **overrides,
+    }
+    config = LlamaConfig(**settings)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    tokenizer.model_max_length = max_position_embeddings
+    out_path = Path(out_dir)
+    tmp_dir = _temp_dir_next_to(out_path)
+    model.save_pretrained(tmp_dir)
+    tokenizer.save_pretrained(tmp_dir)
+    _publish_dir(tmp_dir, out_path)
+    return out_path
+
+
+def _check_model_dir(path: Path) -> None:
+    """Fail fast, without any network call, when `path` is not a usable local model directory."""
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"model directory '{path}' does not exist. Models are loaded only from local directories "
+            "(never downloaded here); download it first, e.g. "
+            f"`huggingface-cli download <repo-id> --local-dir {path}`, and pass that directory."
+        )
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"'{path}' is not a Hugging Face model directory: config.json is missing")
+    if not any(any(path.glob(pattern)) for pattern in _WEIGHT_PATTERNS):
+        raise ModelLoadError(
+            f"model directory '{path}' has no weights (expected *.safetensors or pytorch_model*.bin); "
+            "the download or save may be incomplete"
+        )
+
+
+def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, TypeError) as err:
+        raise ModelLoadError(f"could not load a tokenizer from '{path}': {err}") from err
+    if tokenizer.eos_token_id is None:
+        raise ModelLoadError(
+            f"the tokenizer in '{path}' has no EOS token; generation could never stop. "
+            "Set eos_token in its tokenizer_config.json"
+        )
+    if tokenizer.pad_token_id is None:
+        # Padding is always masked out, so reusing EOS as the pad token is safe for generation.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model_and_tokenizer(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+) -> tuple[Any, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local `from_pretrained` directory.
+
+    Args:
+        path: Local directory (Llama, Qwen, Mistral, ... or one written by `build_tiny_model`).
+        device: "auto", "cpu", "cuda" or a torch device.
+        dtype: "auto", "float32", "bfloat16", "float16" or a torch dtype.
+
+    Returns:
+        (model in eval mode on `device`, tokenizer with pad token set and left padding).
+    """
+    model_dir = Path(path)
+    _check_model_dir(model_dir)
+    torch_device = select_device(device) if isinstance(device, str) else torch.device(device)
+    torch_dtype = select_dtype(dtype, torch_device)
+    tokenizer = _load_tokenizer(model_dir)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, dtype=torch_dtype)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"could not load a causal LM from '{model_dir}': {err}") from err
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise ModelLoadError(
+            f"tokenizer in '{model_dir}' has {len(tokenizer)} tokens but the model embeds only {vocab}"
+        )
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.to(torch_device)
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,241 @@
+"""pipeline.models: tokenizer/model builders and the single local loading path."""
+
+import json
+import random
+import time
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from generation import SamplingParams, encode_chat_prompt, generate
+from pipeline.models import (
+    DeviceError,
+    ModelLoadError,
+    build_tiny_model,
+    build_tokenizer,
+    load_model_and_tokenizer,
+    seed_everything,
+    select_device,
+    select_dtype,
+)
+
+WORDS = "the a cat dog sat ran on under mat table red blue big small ate saw why how".split()
+
+
+def corpus(n: int = 50) -> list[str]:
+    rng = random.Random(0)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))) for _ in range(n)]
+
+
+TINY = {
+    "hidden_size": 32,
+    "num_layers": 2,
+    "num_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    tokenizer = build_tokenizer(corpus(), root / "tok", vocab_size=300)
+    path = build_tiny_model(root / "tok", root / "model", **TINY)
+    return root, tokenizer, path
+
+
+def test_tokenizer_is_deterministic_and_has_special_tokens(built, tmp_path):
+    root, tokenizer, _ = built
+    build_tokenizer(corpus(), tmp_path / "again", vocab_size=300)
+    assert (tmp_path / "again" / "tokenizer.json").read_bytes() == (
+        root / "tok" / "tokenizer.json"
+    ).read_bytes()
+    assert len(tokenizer) == 300
+    ids = {
+        tok: tokenizer.convert_tokens_to_ids(tok)
+        for tok in ["<|pad|>", "<|bos|>", "<|eos|>", "<|user|>", "<|assistant|>"]
+    }
+    assert list(ids.values()) == [0, 1, 2, 3, 4]
+    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    assert tokenizer.padding_side == "left"
+
+
+def test_tokenizer_roundtrips_any_text_and_reloads(built):
+    root, tokenizer, _ = built
+    text = "The ZEBRA ate 42 crêpes — ünïcode & emoji 🙂\n\ttabs"
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+    reloaded = AutoTokenizer.from_pretrained(str(root / "tok"), local_files_only=True)
+    assert reloaded.encode(text, add_special_tokens=False) == tokenizer.encode(text, add_special_tokens=False)
+    assert reloaded.chat_template == tokenizer.chat_template
+
+
+def test_chat_template_user_assistant_turns(built):
+    _, tokenizer, _ = built
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    assert tokenizer.apply_chat_template(messages, tokenize=False) == (
+        "<|bos|><|user|>\nhi<|eos|>\n<|assistant|>\nyo<|eos|>\n"
+    )
+    prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt == "<|bos|><|user|>\nhi<|eos|>\n<|assistant|>\n"
+
+
+def test_tokenizer_input_errors(tmp_path):
+    with pytest.raises(ValueError, match="too small"):
+        build_tokenizer(corpus(), tmp_path / "t", vocab_size=100)
+    with pytest.raises(ValueError, match="at least one"):
+        build_tokenizer(["", ""], tmp_path / "t")
+
+
+def test_tiny_model_roundtrips_through_the_loader(built):
+    root, tokenizer, path = built
+    model, loaded_tok = load_model_and_tokenizer(path)
+    assert isinstance(model, LlamaForCausalLM) and not model.training
+    cfg = model.config
+    assert (cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers) == (300, 32, 2)
+    assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (1, 2, 0)
+    assert loaded_tok.padding_side == "left" and loaded_tok.pad_token_id == 0
+    assert loaded_tok.chat_template == tokenizer.chat_template
+    text = "why the big cat ate 7 crêpes"
+    assert loaded_tok.encode(text) == tokenizer.encode(text)
+    # The same seed rebuilds the same weights, and the loader returns exactly what was saved.
+    again = build_tiny_model(tokenizer, root / "model2", **TINY)
+    model2, _ = load_model_and_tokenizer(again)
+    for (name, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    other, _ = load_model_and_tokenizer(build_tiny_model(tokenizer, root / "model3", seed=1, **TINY))
+    assert not torch.equal(other.lm_head.weight, model.lm_head.weight)
+
+
+def test_build_does_not_touch_global_rng(built, tmp_path):
+    _, tokenizer, _ = built
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build_tiny_model(tokenizer, tmp_path / "m", **TINY)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_rebuild_replaces_directory_without_leftovers(built, tmp_path):
+    _, tokenizer, _ = built
+    out = tmp_path / "m"
+    build_tiny_model(tokenizer, out, **TINY)
+    (out / "stale.txt").write_text("old")
+    build_tiny_model(tokenizer, out, **TINY)
+    assert not (out / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_other_architecture_saved_with_save_pretrained_loads_and_generates(built, tmp_path):
+    """A Qwen2 model whose tokenizer lacks a pad token: same loader, pad falls back to EOS."""
+    root, _, _ = built
+    tokenizer = AutoTokenizer.from_pretrained(str(root / "tok"), local_files_only=True)
+    tokenizer.pad_token = None
+    tokenizer.padding_side = "right"
+    # Like real Qwen checkpoints, the embedding matrix is padded beyond the tokenizer's size.
+    config = Qwen2Config(
+        vocab_size=len(tokenizer) + 20,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "qwen")
+    tokenizer.save_pretrained(tmp_path / "qwen")
+    model, loaded = load_model_and_tokenizer(tmp_path / "qwen")
+    assert isinstance(model, Qwen2ForCausalLM)
+    assert loaded.pad_token_id == loaded.eos_token_id and loaded.padding_side == "left"
+    out = generate(model, loaded, [encode_chat_prompt(loaded, "the cat")], SamplingParams(max_new_tokens=3))
+    assert 1 <= len(out[0][0].token_ids) <= 3
+
+
+def test_hub_id_fails_fast_without_network():
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError) as err:
+        load_model_and_tokenizer("meta-llama/Llama-2-7b-hf")
+    assert time.perf_counter() - started < 1.0
+    message = str(err.value)
+    assert "meta-llama/Llama-2-7b-hf" in message and "does not exist" in message
+    assert "huggingface-cli download" in message
+
+
+def test_directory_without_weights_or_config(built, tmp_path):
+    _, tokenizer, path = built
+    (tmp_path / "noconf").mkdir()
+    with pytest.raises(ModelLoadError, match="config.json is missing"):
+        load_model_and_tokenizer(tmp_path / "noconf")
+    weightless = tmp_path / "weightless"
+    weightless.mkdir()
+    (weightless / "config.json").write_text((path / "config.json").read_text())
+    tokenizer.save_pretrained(weightless)
+    with pytest.raises(ModelLoadError, match="has no weights"):
+        load_model_and_tokenizer(weightless)
+
+
+def test_tokenizer_without_eos_fails_clearly(built, tmp_path):
+    _, _, path = built
+    target = tmp_path / "noeos"
+    model, tokenizer = load_model_and_tokenizer(path)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    config_file = target / "tokenizer_config.json"
+    tok_config = json.loads(config_file.read_text())
+    tok_config["eos_token"] = None
+    config_file.write_text(json.dumps(tok_config))
+    with pytest.raises(ModelLoadError, match="no EOS token"):
+        load_model_and_tokenizer(target)
+
+
+def test_tokenizer_larger_than_embeddings_is_rejected(built, tmp_path):
+    _, tokenizer, _ = built
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer) - 10,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    ).save_pretrained(tmp_path / "small")
+    tokenizer.save_pretrained(tmp_path / "small")
+    with pytest.raises(ModelLoadError, match="300 tokens but the model embeds only 290"):
+        load_model_and_tokenizer(tmp_path / "small")
+
+
+def test_load_in_bfloat16(built):
+    _, _, path = built
+    model, _ = load_model_and_tokenizer(path, dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+
+
+def test_select_device_and_dtype():
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="CUDA is not available"):
+            select_device("cuda")
+        assert select_dtype("auto", select_device("auto")) == torch.float32
+    with pytest.raises(DeviceError, match="not a device name"):
+        select_device("tpu9")
+    assert select_dtype("auto", "cpu") == torch.float32
+    assert select_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert select_dtype(torch.float16) == torch.float16
+    with pytest.raises(DeviceError, match="float64"):
+        select_dtype("float64")
+
+
+def test_seed_everything_reproduces_all_generators():
+    def draw():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    seed_everything(5)
+    first = draw()
+    seed_everything(5)
+    assert draw() == first
+    seed_everything(6)
+    assert draw() != first
