@@ -10,6 +10,7 @@ import json
 import random
 import shutil
 from collections.abc import Callable
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import generation
 import judging
 from flows.stepdir import StepRecord, fingerprint, run_step
 from pipeline import demo_task
-from pipeline.config import DPOConfig, IterationConfig, RunConfig, SamplingConfig
+from pipeline.config import DPOConfig, RunConfig, SamplingConfig
 from pipeline.evaluation import evaluate_model
 from pipeline.models import build_tiny_model, build_tokenizer, load_model_and_tokenizer, select_device
 
@@ -66,13 +67,13 @@ def _cached_model(path: str, model_fingerprint: str, device: str, dtype: str):
 
 
 def load_for_inference(config: RunConfig, record: StepRecord):
-    device = select_device(config.model.device)
+    device = str(select_device(config.model.device))
     return _cached_model(str(model_dir(record)), record.fingerprint, device, config.model.dtype)
 
 
 def load_for_training(config: RunConfig, record: StepRecord):
-    device = select_device(config.model.device)
-    return load_model_and_tokenizer(model_dir(record), device=device, dtype=config.model.dtype)
+    # A fresh copy: training changes the weights in place, the cached one must stay M_t.
+    return load_model_and_tokenizer(model_dir(record), device=select_device(config.model.device), dtype=config.model.dtype)
 
 
 def _encode_example(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
@@ -218,9 +219,6 @@ def generate_prompts(config: RunConfig, iteration: int, run_dir: Path, model: St
             prompts = random.Random(seed).sample(pool, min(cfg.num_prompts, len(pool)))
         else:
             policy, tokenizer = load_for_inference(config, model)
-            prompt_filter = generation.PromptFilter(
-                min_chars=cfg.min_chars, max_chars=cfg.max_chars, max_rouge_l=cfg.max_rouge_l
-            )
             result = generation.generate_prompts(
                 policy,
                 tokenizer,
@@ -228,7 +226,9 @@ def generate_prompts(config: RunConfig, iteration: int, run_dir: Path, model: St
                 num_prompts=cfg.num_prompts,
                 shots=cfg.shots,
                 params=_sampling(cfg.sampling, seed),
-                prompt_filter=prompt_filter,
+                filters=generation.PromptFilter(
+                    min_chars=cfg.min_chars, max_chars=cfg.max_chars, max_rouge_l=cfg.max_rouge_l
+                ),
             )
             prompts, counts = result.prompts, dict(result.rejected)
         _write_jsonl(tmp / "prompts.jsonl", [{"prompt": p} for p in prompts])
@@ -288,11 +288,7 @@ def judge_candidates(config: RunConfig, iteration: int, run_dir: Path, model: St
                 params=_sampling(cfg.sampling, seed),
                 stats=stats,
             )
-        out = [
-            {"scores": [j.score for j in per_prompt], "judgments": [j.judgments for j in per_prompt]}
-            for per_prompt in judged
-        ]
-        _write_jsonl(tmp / "judgments.jsonl", out)
+        _write_jsonl(tmp / "judgments.jsonl", [{"candidates": [asdict(j) for j in row]} for row in judged])
         return stats.summary()
 
     step_fp = fingerprint("judge", cfg.model_dump(), model.fingerprint, candidates.fingerprint, seed)
@@ -308,15 +304,17 @@ def build_pairs(
     def build(tmp: Path) -> dict[str, Any]:
         cand_rows = _read_jsonl(Path(candidates.path) / "candidates.jsonl")
         judge_rows = _read_jsonl(Path(judgments.path) / "judgments.jsonl")
-        stats = judging.build_preference_pairs(
+        result = judging.build_preference_pairs(
             tmp,
-            cand_rows,
-            judge_rows,
+            [r["prompt"] for r in cand_rows],
+            [r["prompt_ids"] for r in cand_rows],
+            [[generation.Completion(**c) for c in r["candidates"]] for r in cand_rows],
+            [[judging.CandidateJudgment(**j) for j in r["candidates"]] for r in judge_rows],
             max_len=cfg.dpo.max_len,
             strategy=cfg.pairs.strategy,
             rho=cfg.pairs.rho,
         )
-        return stats.summary()
+        return result.summary()
 
     step_fp = fingerprint("pairs", cfg.pairs.model_dump(), cfg.dpo.max_len, candidates.fingerprint, judgments.fingerprint)
     return run_step("pairs", _iter_dir(run_dir, iteration) / "pairs", step_fp, build)[0]

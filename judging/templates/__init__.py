@@ -1,0 +1,1 @@
+"""Packaged judge templates (YAML data files); a package so setuptools ships `*.yaml` here."""
