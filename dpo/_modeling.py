@@ -1,0 +1,103 @@
+"""Model plumbing shared by DPO, SFT and checkpointing: calling a causal LM, dropout, copies.
+
+`dpo` must not import transformers, so Hugging Face models are recognised by duck typing:
+a module with a `config` and `save_pretrained` is treated as a HF causal LM.
+"""
+
+import copy
+
+import torch
+from torch import nn
+
+__all__ = ["causal_lm_logits", "frozen_copy", "is_hf_model", "pad_to_ids", "set_dropout", "trim_right_padding"]
+
+# HF config / module float attributes that control dropout outside nn.Dropout modules
+# (Llama reads `attention_dropout` once in __init__ and stores it on each attention module).
+_DROPOUT_ATTRS = (
+    "attention_dropout",
+    "hidden_dropout",
+    "attn_pdrop",
+    "resid_pdrop",
+    "embd_pdrop",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+)
+
+
+def is_hf_model(model: nn.Module) -> bool:
+    """True for a Hugging Face `PreTrainedModel`-like module (has `config` and `save_pretrained`)."""
+    return hasattr(model, "config") and callable(getattr(model, "save_pretrained", None))
+
+
+def causal_lm_logits(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Run a causal LM and return its logits.
+
+    Args:
+        model: A HF causal LM (called with `input_ids`, `attention_mask`, `use_cache=False`, its
+            `.logits` used) or any module mapping ids (B, T) to logits (B, T, V).
+        ids: (B, T) non-negative token ids.
+        attention_mask: (B, T) bool, True for real tokens (only passed to HF models).
+
+    Returns:
+        (B, T, V) logits.
+    """
+    if is_hf_model(model):
+        out = model(input_ids=ids, attention_mask=attention_mask.long(), use_cache=False)
+        return out.logits
+    out = model(ids)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def pad_to_ids(seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a right-padded batch (pads < 0) into model ids (pads -> 0) and a real-token mask.
+
+    Args:
+        seq: (B, T) int token ids with negative padding.
+
+    Returns:
+        `(ids, pad_mask)`, both (B, T); `seq` itself is not modified.
+    """
+    pad_mask = seq >= 0
+    return torch.where(pad_mask, seq, torch.zeros_like(seq)), pad_mask
+
+
+def trim_right_padding(seq: torch.Tensor) -> torch.Tensor:
+    """Drop trailing columns that are padding (< 0) in every row: (B, L) -> (B, T <= L).
+
+    Saves compute when a batch's longest sequence is shorter than the file's L.
+    """
+    real_cols = (seq >= 0).any(dim=0).nonzero()
+    length = int(real_cols.max()) + 1 if real_cols.numel() else 1
+    return seq[:, :length]
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Set the dropout probability on every nn.Dropout and on HF dropout attributes.
+
+    Args:
+        model: The module to update in place.
+        p: Dropout probability in [0, 1).
+
+    Raises:
+        ValueError: If `p` is outside [0, 1).
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p!r}")
+    objects = [*model.modules()]
+    config = getattr(model, "config", None)
+    if config is not None:
+        objects.append(config)
+    for obj in objects:
+        if isinstance(obj, nn.Dropout):
+            obj.p = p
+        for name in _DROPOUT_ATTRS:
+            value = getattr(obj, name, None)
+            if isinstance(value, float | int) and not isinstance(value, bool):
+                setattr(obj, name, p)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy with gradients disabled, in eval mode (used as the DPO reference)."""
+    ref = copy.deepcopy(model)
+    ref.requires_grad_(False)
+    return ref.eval()

@@ -1,0 +1,106 @@
+"""Save and load policy weights as safetensors, atomically.
+
+`save_checkpoint` writes into a temporary sibling directory and renames it into place, so a
+crash never leaves a half-written checkpoint under the final name. Hugging Face models are
+saved with `save_pretrained` (config + `model.safetensors`, tied weights stored once) so
+`from_pretrained` can load them; other modules with `safetensors.torch.save_model`.
+Loading only ever reads safetensors (no pickle).
+"""
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from ._modeling import is_hf_model
+from .model import DPO
+
+__all__ = ["WEIGHTS_FILE", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+
+WEIGHTS_FILE = "model.safetensors"
+_INDEX_FILE = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing files or does not match the model."""
+
+
+def _policy(model: nn.Module) -> nn.Module:
+    return model.policy if isinstance(model, DPO) else model
+
+
+def save_checkpoint(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Save the policy weights to `directory` (replaced atomically if it exists).
+
+    Args:
+        model: A `DPO` (its policy is saved), a HF causal LM or any module.
+        directory: Target directory.
+
+    Returns:
+        The directory path.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    policy = _policy(model)
+    tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        if is_hf_model(policy):
+            policy.save_pretrained(tmp)
+        else:
+            safetensors.torch.save_model(policy, str(tmp / WEIGHTS_FILE))
+        old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def _read_state(directory: Path) -> dict[str, torch.Tensor]:
+    if (directory / WEIGHTS_FILE).is_file():
+        return safetensors.torch.load_file(directory / WEIGHTS_FILE, device="cpu")
+    index = directory / _INDEX_FILE
+    if not index.is_file():
+        raise CheckpointError(f"{directory}: neither {WEIGHTS_FILE} nor {_INDEX_FILE} found")
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        state.update(safetensors.torch.load_file(directory / shard, device="cpu"))
+    return state
+
+
+def load_checkpoint(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Load weights saved by `save_checkpoint` into `model` (in place).
+
+    Keys missing from the file are accepted only when they alias a loaded tensor (tied weights,
+    e.g. `lm_head.weight` tied to the input embedding).
+
+    Args:
+        model: A `DPO` (weights go to its policy) or the module that was saved.
+        directory: Checkpoint directory.
+
+    Returns:
+        The policy module with the loaded weights.
+
+    Raises:
+        CheckpointError: On missing files, unexpected keys or untied missing keys.
+    """
+    directory = Path(directory)
+    policy = _policy(model)
+    state = _read_state(directory)
+    missing, unexpected = policy.load_state_dict(state, strict=False)
+    if unexpected:
+        raise CheckpointError(f"{directory}: tensors not in the model: {sorted(unexpected)[:5]}")
+    current = policy.state_dict()
+    loaded_ptrs = {current[k].data_ptr() for k in state if k in current}
+    untied = [k for k in missing if current[k].data_ptr() not in loaded_ptrs]
+    if untied:
+        raise CheckpointError(f"{directory}: weights missing from the checkpoint: {sorted(untied)[:5]}")
+    return policy

@@ -1,0 +1,132 @@
+"""Log-probabilities of response tokens under a causal LM.
+
+Causal-LM convention: the logits at position t score the token at position t + 1, so the
+logits are cut to `logits[:, :-1]` and gathered at `seq[:, 1:]`; the prompt and padding masks
+are shifted by one position to match (a target position j counts when j >= prompt_len and the
+token at j is real).
+"""
+
+from collections.abc import Callable
+
+import torch
+
+from ._types import Reduction
+
+__all__ = ["response_target_mask", "selective_log_softmax", "sequence_logprobs", "token_logprobs"]
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits)[..., index] without materialising a (B, T, V) log-softmax copy.
+
+    Computes `logit[index] - logsumexp(logits)` one batch row at a time, so the temporary
+    memory is one (T, V) row instead of the whole batch. Half-precision rows are upcast to
+    float32 per row because logsumexp in bf16/fp16 loses several bits.
+
+    Args:
+        logits: Scores of shape (B, T, V).
+        index: Token ids of shape (B, T), each in [0, V).
+
+    Returns:
+        Float32 (or float64 for float64 input) log-probabilities of shape (B, T).
+    """
+    out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    picked = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1).to(out_dtype)  # (B, T)
+    log_norm = torch.stack([torch.logsumexp(row.to(out_dtype), dim=-1) for row in logits])  # (B, T)
+    return picked - log_norm
+
+
+def response_target_mask(
+    seq_len: int, prompt_len: torch.Tensor, pad_mask: torch.Tensor
+) -> torch.Tensor:
+    """Which shifted target positions belong to the response.
+
+    Args:
+        seq_len: T, the length of the (padded) sequences.
+        prompt_len: (B,) number of prompt tokens per row.
+        pad_mask: (B, T) True where the token is real (not padding).
+
+    Returns:
+        Bool mask of shape (B, T - 1); entry t is True when token t + 1 is a real response token.
+    """
+    target_pos = torch.arange(1, seq_len, device=pad_mask.device)  # (T-1,)
+    is_response = target_pos.unsqueeze(0) >= prompt_len.to(pad_mask.device).unsqueeze(1)  # (B, T-1)
+    return is_response & pad_mask[:, 1:]
+
+
+def token_logprobs(
+    logits: torch.Tensor,
+    seq: torch.Tensor,
+    prompt_len: torch.Tensor | int,
+    pad_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of the response tokens, zero elsewhere.
+
+    Args:
+        logits: (B, T, V) model outputs for `seq`.
+        seq: (B, T) token ids; negative ids are treated as padding when `pad_mask` is None.
+        prompt_len: (B,) or a single int; tokens before it are the prompt.
+        pad_mask: Optional (B, T) bool, True for real tokens. Defaults to `seq >= 0`.
+
+    Returns:
+        `(logps, mask)`, both (B, T - 1): `logps[b, t]` is log p(seq[b, t+1] | seq[b, :t+1])
+        where `mask` is True and 0.0 where it is False.
+
+    Raises:
+        ValueError: If the shapes of the inputs disagree.
+    """
+    if logits.dim() != 3 or seq.shape != logits.shape[:2]:
+        raise ValueError(
+            f"expected logits (B, T, V) and seq (B, T) with matching B, T; got logits "
+            f"{tuple(logits.shape)} and seq {tuple(seq.shape)}"
+        )
+    if pad_mask is None:
+        pad_mask = seq >= 0
+    prompt_len = torch.as_tensor(prompt_len, device=seq.device).expand(seq.shape[0])
+    mask = response_target_mask(seq.shape[1], prompt_len, pad_mask.bool())  # (B, T-1)
+    # clamp returns a new tensor: the caller's ids (with -1 pads) stay untouched.
+    labels = seq[:, 1:].clamp(min=0)  # (B, T-1)
+    logps = selective_log_softmax(logits[:, :-1], labels)  # (B, T-1)
+    # where (not multiply) so that a NaN/inf logit at a padded position cannot leak in.
+    return torch.where(mask, logps, torch.zeros_like(logps)), mask
+
+
+def _sum(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return logps.sum(dim=-1)
+
+
+def _mean(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return logps.sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)
+
+
+REDUCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "sum": _sum,
+    "mean": _mean,
+}
+
+
+def sequence_logprobs(
+    logits: torch.Tensor,
+    seq: torch.Tensor,
+    prompt_len: torch.Tensor | int,
+    pad_mask: torch.Tensor | None = None,
+    reduction: Reduction = "sum",
+) -> torch.Tensor:
+    """Log-probability of each row's response under the model that produced `logits`.
+
+    Args:
+        logits: (B, T, V) model outputs for `seq`.
+        seq: (B, T) token ids, right-padded; negative ids are padding when `pad_mask` is None.
+        prompt_len: (B,) or int, number of prompt tokens (excluded from the score).
+        pad_mask: Optional (B, T) bool, True for real tokens.
+        reduction: "sum" (the DPO convention) or "mean" (per-token average, used e.g. for IPO).
+
+    Returns:
+        (B,) float tensor of response log-probabilities.
+
+    Raises:
+        ValueError: If `reduction` is unknown or shapes disagree.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {sorted(REDUCTIONS)}, got {reduction!r}")
+    logps, mask = token_logprobs(logits, seq, prompt_len, pad_mask)
+    return REDUCTIONS[reduction](logps, mask)

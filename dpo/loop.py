@@ -1,0 +1,246 @@
+"""Accelerate plumbing shared by `DPOTrainer` and `SFTTrainer` (composition, not a base class).
+
+`TrainingLoop` owns the prepared model and optimizer (prepared once, in `__init__`), builds a
+dataloader and a fresh LR schedule per round, and runs one optimizer step at a time:
+
+    for each of grad_accum_steps micro-batches: forward, backward (gradient sync on the last)
+    gather metrics -> stop on a non-finite loss -> clip -> optimizer step -> scheduler step
+"""
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast, send_to_device
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+from tqdm.auto import tqdm
+
+from ._modeling import set_dropout
+from ._types import NonFiniteLossError, StepOutput
+from .checkpoint import save_checkpoint
+from .optim import build_adamw, build_scheduler
+
+__all__ = ["LogFn", "TrainingLoop", "iter_shard_batches", "summarize"]
+
+LogFn = Callable[[dict[str, float], int], None]
+
+
+def _repeat(loader: DataLoader) -> Iterator[dict]:
+    """Endless iterator over a dataloader; each pass re-shuffles (unlike itertools.cycle)."""
+    while True:
+        yield from loader
+
+
+def iter_shard_batches(
+    dataset: Dataset, batch_size: int, accelerator: Accelerator
+) -> Iterator[tuple[torch.Tensor, dict]]:
+    """This process's share of `dataset` (positions rank, rank + world, ...) in batches.
+
+    Used for evaluation and reference precomputation, where every example must be seen exactly
+    once across processes (a prepared dataloader would pad the last batch with duplicates).
+
+    Yields:
+        `(positions, batch)`: (b,) int64 dataset positions and the collated batch on the device.
+    """
+    positions = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
+    for start in range(0, len(positions), batch_size):
+        chunk = positions[start : start + batch_size]
+        batch = default_collate([dataset[i] for i in chunk])
+        yield torch.tensor(chunk), send_to_device(batch, accelerator.device)
+
+
+def summarize(history: list[dict[str, float]]) -> dict[str, float]:
+    """Flat `final/<metric>` (last step) and `mean/<metric>` (over the round) entries."""
+    if not history:
+        return {}
+    final = {f"final/{k}": v for k, v in history[-1].items()}
+    mean = {f"mean/{k}": sum(m[k] for m in history) / len(history) for k in history[0]}
+    return {**final, **mean}
+
+
+class TrainingLoop:
+    """One optimizer step at a time on Accelerate, for any objective returning `StepOutput`.
+
+    Args:
+        objective: Module whose `forward(**inputs)` returns a `StepOutput` (e.g. `DPO`).
+        policy: The trainable network inside `objective` (gets AdamW and dropout).
+        input_keys: Batch keys forwarded to the objective (others, like "index", are dropped).
+        accelerator: Accelerator to use; a default one is created when None.
+        batch_size: Examples per micro-batch per process.
+        grad_accum_steps: Micro-batches per optimizer step.
+        start_learning_rate: Peak learning rate (after warm-up).
+        end_learning_rate: Learning rate at the last step of a round.
+        warmup_steps: Linear warm-up steps.
+        weight_decay: AdamW decoupled weight decay (matrices only).
+        max_grad_norm: Gradient clipping threshold; None disables clipping (norm still logged).
+        dropout: Dropout probability set on the policy.
+        num_train_steps: Optimizer steps per round, or None.
+        num_epochs: Epochs per round, or None; with both None a round is one epoch.
+        seed: Seed of the data order (offset by the round index).
+        log_fn: Optional callback `log_fn(metrics, step)`, called on the main process.
+    """
+
+    def __init__(
+        self,
+        objective: nn.Module,
+        policy: nn.Module,
+        *,
+        input_keys: tuple[str, ...],
+        accelerator: Accelerator | None = None,
+        batch_size: int = 16,
+        grad_accum_steps: int = 1,
+        start_learning_rate: float = 1e-6,
+        end_learning_rate: float = 1e-7,
+        warmup_steps: int = 0,
+        weight_decay: float = 0.0,
+        max_grad_norm: float | None = 1.0,
+        dropout: float = 0.1,
+        num_train_steps: int | None = None,
+        num_epochs: int | None = None,
+        seed: int = 0,
+        log_fn: LogFn | None = None,
+    ) -> None:
+        for name, value in {"batch_size": batch_size, "grad_accum_steps": grad_accum_steps}.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value!r}")
+        for name, value in {"num_train_steps": num_train_steps, "num_epochs": num_epochs}.items():
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value!r}")
+        self.accelerator = accelerator or Accelerator()
+        if self.accelerator.gradient_accumulation_steps != 1:
+            # accelerator.backward would divide the loss a second time.
+            raise ValueError(
+                "pass grad_accum_steps to the trainer and leave Accelerator(gradient_accumulation_steps) at 1"
+            )
+        self.input_keys, self.batch_size, self.grad_accum_steps = input_keys, batch_size, grad_accum_steps
+        self.start_lr, self.end_lr, self.warmup_steps = start_learning_rate, end_learning_rate, warmup_steps
+        self.max_grad_norm, self.num_train_steps, self.num_epochs = max_grad_norm, num_train_steps, num_epochs
+        self.seed, self.log_fn = seed, log_fn
+        set_dropout(policy, dropout)
+        self.policy = policy
+        optimizer = build_adamw(policy, start_learning_rate, weight_decay)
+        # Prepared once: later rounds reuse the same wrapped model and optimizer (pitfall B18).
+        self.model, self.optimizer = self.accelerator.prepare(objective, optimizer)
+        self.scheduler = None
+        self.global_step = 0
+        self.round = 0
+
+    # ---------------------------------------------------------------- rounds
+    def plan_steps(self, num_batches: int) -> int:
+        """Optimizer steps in a round: min of num_train_steps and num_epochs epochs (1 epoch default)."""
+        per_epoch = math.ceil(num_batches / self.grad_accum_steps)
+        limits = [n for n in (self.num_train_steps,) if n is not None]
+        if self.num_epochs is not None:
+            limits.append(self.num_epochs * per_epoch)
+        return min(limits) if limits else per_epoch
+
+    def begin_round(self, dataset: Dataset) -> tuple[Iterator[dict], int]:
+        """Fresh data order, AdamW state and LR schedule for a new round.
+
+        Returns:
+            `(batches, total_steps)`: an endless batch iterator and the optimizer steps to run.
+
+        Raises:
+            ValueError: If the dataset is empty.
+        """
+        if len(dataset) == 0:
+            raise ValueError("the training dataset is empty: nothing to train on")
+        generator = torch.Generator().manual_seed(self.seed + self.round)
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=True, generator=generator)
+        loader = self.accelerator.prepare_data_loader(loader)
+        total_steps = self.plan_steps(len(loader))
+        self.optimizer.state.clear()  # each round starts from fresh AdamW moments
+        self.scheduler = build_scheduler(
+            self.optimizer.optimizer,
+            warmup_steps=self.warmup_steps,
+            total_steps=total_steps,
+            start_lr=self.start_lr,
+            end_lr=self.end_lr,
+        )
+        self.round += 1
+        return _repeat(loader), total_steps
+
+    # ---------------------------------------------------------------- one step
+    def _micro_batches(self, batches: Iterator[dict]) -> tuple[dict[str, torch.Tensor], int]:
+        """Forward + backward over grad_accum_steps micro-batches; returns mean metrics and tokens."""
+        sums: dict[str, torch.Tensor] = {}
+        tokens = 0
+        for micro in range(self.grad_accum_steps):
+            batch = next(batches)
+            inputs = {k: batch[k] for k in self.input_keys if k in batch}
+            last = micro == self.grad_accum_steps - 1
+            # Gradients are all-reduced only on the last micro-batch.
+            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
+            with sync:
+                out: StepOutput = self.model(**inputs)
+                self.accelerator.backward(out.loss / self.grad_accum_steps)
+            for name, value in out.metrics.items():
+                sums[name] = sums.get(name, 0.0) + value.detach().float() / self.grad_accum_steps
+            tokens += out.num_tokens
+        return sums, tokens
+
+    def gather_means(self, values: dict[str, torch.Tensor | float]) -> dict[str, float]:
+        """Mean of each scalar across processes (one all-reduce; same keys on every process)."""
+        names = sorted(values)
+        local = torch.tensor([float(values[n]) for n in names], device=self.accelerator.device)
+        mean = self.accelerator.reduce(local, reduction="mean")
+        return dict(zip(names, mean.tolist()))
+
+    def train_step(self, batches: Iterator[dict]) -> dict[str, float]:
+        """Run one optimizer step and return its metrics (means across processes).
+
+        Raises:
+            NonFiniteLossError: If the loss or gradient norm is NaN/inf; no weights are updated.
+        """
+        start = time.perf_counter()
+        self.model.train()
+        sums, tokens = self._micro_batches(batches)
+        max_norm = self.max_grad_norm if self.max_grad_norm else float("inf")
+        grad_norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), max_norm)
+        metrics = self.gather_means({**sums, "tokens": float(tokens), "grad_norm": float(grad_norm)})
+        # fp16 loss scaling produces inf gradients by design; the scaler skips those steps.
+        norm_ok = math.isfinite(metrics["grad_norm"]) or self.accelerator.scaler is not None
+        if not (math.isfinite(metrics["loss"]) and norm_ok):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"non-finite training loss {metrics['loss']} / gradient norm {metrics['grad_norm']} "
+                f"at optimizer step {self.global_step + 1}"
+            )
+        learning_rate = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        total_tokens = metrics.pop("tokens") * self.accelerator.num_processes
+        metrics["learning_rate"] = learning_rate
+        metrics["tokens_per_second"] = total_tokens / max(time.perf_counter() - start, 1e-9)
+        return metrics
+
+    # ---------------------------------------------------------------- helpers
+    def log(self, metrics: dict[str, float]) -> None:
+        """Send metrics to the accelerator's trackers and to `log_fn` (main process)."""
+        self.accelerator.log(metrics, step=self.global_step)
+        if self.log_fn is not None and self.accelerator.is_main_process:
+            self.log_fn(dict(metrics), self.global_step)
+
+    def save_on_main(self, model: nn.Module, directory: str | os.PathLike) -> None:
+        """Save `model` with `save_checkpoint` from the main process only, all processes waiting."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_checkpoint(model, directory)
+        self.accelerator.wait_for_everyone()
+
+    def progress(self, total: int, desc: str) -> tqdm:
+        """A tqdm bar on the local main process only; TQDM_DISABLE=1 in the environment hides it."""
+        hidden = os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+        return tqdm(total=total, desc=desc, disable=hidden or not self.accelerator.is_local_main_process)
+
+    def broadcast_float(self, value: float) -> float:
+        """The main process's `value`, on every process."""
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.accelerator.device)
+        return float(broadcast(tensor, from_process=0).item())

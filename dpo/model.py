@@ -1,0 +1,191 @@
+"""`DPO`: a policy, its reference model and the preference objective in one module.
+
+The reference is either a frozen deep copy of the policy (`ref_ema_decay == 1`, the paper's
+setting: M_t is the reference while training M_{t+1}) or an exponential moving average of
+the policy (`ref_ema_decay < 1`), updated after every optimizer step by the trainer:
+
+    ref <- decay * ref + (1 - decay) * policy
+
+ema-pytorch 0.8.3's `EMA.update()` is deliberately not used: its first call copies the policy
+into the EMA (`initted` flag) and `get_current_decay()` returns 0 (a full copy) for the first
+`update_after_step + 1` calls before ramping up with `inv_gamma`/`power` (pitfall B11). We call
+`EMA.update_moving_average` with the constant decay instead, so the reference moves from
+step 1 exactly by the formula above.
+"""
+
+import torch
+from ema_pytorch import EMA
+from torch import nn
+
+from ._modeling import causal_lm_logits, frozen_copy, pad_to_ids, trim_right_padding
+from ._types import LossType, Reduction, StepOutput
+from .logprobs import REDUCTIONS, token_logprobs
+from .loss import preference_loss, validate_loss_args
+
+__all__ = ["DPO"]
+
+
+class DPO(nn.Module):
+    """Direct Preference Optimization around any causal LM.
+
+    Args:
+        model: The policy: a HF causal LM or a module mapping ids (B, T) to logits (B, T, V).
+        beta: β of the implicit reward β·log(πθ/πref).
+        loss_type: "sigmoid", "ipo", "hinge" or "robust" (see `dpo.loss`).
+        label_smoothing: ε for "sigmoid" (cDPO) and "robust".
+        nll_weight: Weight of an added NLL term on the chosen response (RPO / DPO+NLL); 0 = off.
+        ref_ema_decay: 1.0 keeps the reference frozen; < 1 makes it an EMA of the policy.
+        reduction: How token log-probs become a sequence score: "sum" (DPO) or "mean".
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        beta: float = 0.1,
+        loss_type: LossType = "sigmoid",
+        label_smoothing: float = 0.0,
+        nll_weight: float = 0.0,
+        ref_ema_decay: float = 1.0,
+        reduction: Reduction = "sum",
+    ) -> None:
+        super().__init__()
+        validate_loss_args(loss_type, beta, label_smoothing)
+        if not 0.0 <= ref_ema_decay <= 1.0:
+            raise ValueError(f"ref_ema_decay must be in [0, 1], got {ref_ema_decay!r}")
+        if nll_weight < 0:
+            raise ValueError(f"nll_weight must be >= 0, got {nll_weight!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {sorted(REDUCTIONS)}, got {reduction!r}")
+        self.policy = model
+        self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
+        self.nll_weight, self.ref_ema_decay, self.reduction = nll_weight, ref_ema_decay, reduction
+        self.ref_ema: EMA | None = None
+        if self.ref_is_frozen:
+            self.ref_model = frozen_copy(model)
+        else:
+            # include_online_model=False: the policy is registered once, as `self.policy`.
+            self.ref_ema = EMA(
+                model,
+                ema_model=frozen_copy(model),
+                beta=ref_ema_decay,
+                update_after_step=0,
+                update_every=1,
+                include_online_model=False,
+            )
+            self.ref_ema.initted.fill_(True)  # the copy above is the initial EMA state
+
+    @property
+    def ref_is_frozen(self) -> bool:
+        """True when the reference never changes within a round (ref_ema_decay == 1)."""
+        return self.ref_ema_decay == 1.0
+
+    @property
+    def reference(self) -> nn.Module:
+        """The reference network (frozen copy or EMA weights)."""
+        return self.ref_model if self.ref_ema is None else self.ref_ema.ema_model
+
+    def train(self, mode: bool = True) -> "DPO":
+        """Set the policy's mode; the reference always stays in eval mode (no dropout)."""
+        super().train(mode)
+        self.reference.eval()
+        return self
+
+    @torch.no_grad()
+    def update_reference_model_with_policy(self) -> None:
+        """Copy the policy's weights and buffers into the reference (start of a DPO round)."""
+        self.reference.load_state_dict(self.policy.state_dict())
+
+    @torch.no_grad()
+    def update_reference_ema(self) -> None:
+        """One EMA step of the reference toward the policy; a no-op when the reference is frozen."""
+        if self.ref_ema is None:
+            return
+        self.ref_ema.update_moving_average(
+            self.ref_ema.ema_model, self.policy, current_decay=self.ref_ema_decay
+        )
+        self.ref_ema.step += 1
+
+    def _score(
+        self, net: nn.Module, seq: torch.Tensor, prompt_len: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token log-probs of [chosen; rejected] rows in one forward: (2B, T-1) logps and mask."""
+        ids, pad_mask = pad_to_ids(seq)
+        logits = causal_lm_logits(net, ids, pad_mask)  # (2B, T, V)
+        logps, mask = token_logprobs(logits, ids, prompt_len, pad_mask)
+        return logps, mask, pad_mask
+
+    def _pair_batch(
+        self, chosen: torch.Tensor, rejected: torch.Tensor, prompt_len: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        seq = trim_right_padding(torch.cat([chosen, rejected], dim=0))  # (2B, T)
+        return seq, torch.cat([prompt_len, prompt_len], dim=0).to(seq.device)  # (2B,)
+
+    @torch.no_grad()
+    def ref_logps(
+        self, chosen: torch.Tensor, rejected: torch.Tensor, prompt_len: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference sequence log-probs, e.g. to precompute them once per round.
+
+        Args:
+            chosen: (B, L) prompt + chosen ids, right-padded with negative ids.
+            rejected: (B, L) prompt + rejected ids, right-padded with negative ids.
+            prompt_len: (B,) prompt lengths.
+
+        Returns:
+            `(ref_chosen_logps, ref_rejected_logps)`, each (B,), reduced like the policy's.
+        """
+        seq, lens = self._pair_batch(chosen, rejected, prompt_len)
+        logps, mask, _ = self._score(self.reference, seq, lens)
+        return REDUCTIONS[self.reduction](logps, mask).chunk(2)
+
+    def forward(
+        self,
+        chosen: torch.Tensor,
+        rejected: torch.Tensor,
+        prompt_len: torch.Tensor,
+        ref_chosen_logps: torch.Tensor | None = None,
+        ref_rejected_logps: torch.Tensor | None = None,
+    ) -> StepOutput:
+        """DPO loss and metrics for a batch of pairs.
+
+        Args:
+            chosen: (B, L) prompt + chosen response ids, right-padded with negative ids.
+            rejected: (B, L) prompt + rejected response ids, right-padded with negative ids.
+            prompt_len: (B,) prompt length shared by both rows of a pair.
+            ref_chosen_logps: Optional precomputed (B,) reference log-probs of `chosen`.
+            ref_rejected_logps: Optional precomputed (B,) reference log-probs of `rejected`.
+
+        Returns:
+            `StepOutput` with the mean loss over pairs and TRL-named metrics.
+        """
+        seq, lens = self._pair_batch(chosen, rejected, prompt_len)
+        logps, mask, pad_mask = self._score(self.policy, seq, lens)  # (2B, T-1)
+        policy_chosen, policy_rejected = REDUCTIONS[self.reduction](logps, mask).chunk(2)
+        if ref_chosen_logps is None or ref_rejected_logps is None:
+            ref_chosen_logps, ref_rejected_logps = self.ref_logps(chosen, rejected, prompt_len)
+        out = preference_loss(
+            policy_chosen,
+            policy_rejected,
+            ref_chosen_logps.to(policy_chosen),
+            ref_rejected_logps.to(policy_rejected),
+            loss_type=self.loss_type,
+            beta=self.beta,
+            label_smoothing=self.label_smoothing,
+        )
+        loss = out.losses.mean()
+        metrics = {
+            "rewards/chosen": out.chosen_rewards.mean(),
+            "rewards/rejected": out.rejected_rewards.mean(),
+            "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().mean(),
+            "rewards/margins": (out.chosen_rewards - out.rejected_rewards).mean(),
+            "logps/chosen": policy_chosen.detach().mean(),
+            "logps/rejected": policy_rejected.detach().mean(),
+        }
+        if self.nll_weight > 0:
+            batch = chosen.shape[0]
+            # token-level mean over the chosen responses of the whole batch
+            nll = -logps[:batch].sum() / mask[:batch].sum().clamp(min=1)
+            loss = loss + self.nll_weight * nll
+            metrics["nll"] = nll.detach()
+        metrics["loss"] = loss.detach()
+        return StepOutput(loss=loss, metrics=metrics, num_tokens=int(pad_mask.sum()))

@@ -1,0 +1,283 @@
+"""`DPOTrainer`: one DPO round per `train()` call (the self-rewarding loop calls it per iteration).
+
+A round, in order:
+
+    1. dataset = dataset_generator()          (when given; overrides train_dataset)
+    2. reference <- policy                    (M_t becomes the reference for M_{t+1})
+    3. precompute reference log-probs         (once, when the reference is frozen)
+    4. optimizer steps with early stopping    (best weights kept on CPU, restored at the end)
+    5. checkpoint of the policy               (main process, atomic)
+"""
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import Dataset
+
+from ._types import NonFiniteLossError
+from .early_stopping import EarlyStopDecision, EarlyStopper, WeightSnapshot
+from .loop import LogFn, TrainingLoop, iter_shard_batches, summarize
+from .model import DPO
+
+__all__ = ["DPOTrainer", "Evaluator"]
+
+Evaluator = Callable[[nn.Module], float]
+_DPO_INPUTS = ("chosen", "rejected", "prompt_len", "ref_chosen_logps", "ref_rejected_logps")
+
+
+class _WithRefLogps(Dataset):
+    """Adds precomputed reference log-probs to each example of a preference dataset."""
+
+    def __init__(self, dataset: Dataset, ref_logps: torch.Tensor):  # ref_logps: (n, 2)
+        self.dataset, self.ref_logps = dataset, ref_logps
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = dict(self.dataset[index])
+        item["ref_chosen_logps"], item["ref_rejected_logps"] = self.ref_logps[index]
+        return item
+
+
+class DPOTrainer:
+    """Trains a `DPO` module with AdamW, warm-up + linear decay, clipping and early stopping.
+
+    Args:
+        dpo: A `DPO` module, or a bare policy (wrapped in `DPO()` with default settings).
+        dataset_generator: Called at the start of every `train()`; its dataset is trained on.
+        train_dataset: Used when there is no `dataset_generator`.
+        valid_dataset: Pairs for the default evaluator (mean DPO loss, lower is better).
+        accelerator: Accelerator to run on (a default one when None).
+        batch_size: Pairs per micro-batch per process.
+        grad_accum_steps: Micro-batches per optimizer step.
+        start_learning_rate: Peak learning rate.
+        end_learning_rate: Learning rate at the last step.
+        warmup_steps: Linear warm-up steps.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: Gradient clipping norm (None: no clipping).
+        dropout: Dropout probability on the policy.
+        num_train_steps: Optimizer steps per round (None: use num_epochs).
+        num_epochs: Epochs per round (None and num_train_steps None: one epoch).
+        precompute_ref_logps: Compute reference log-probs once per round (frozen reference only).
+        eval_every: Evaluate every this many optimizer steps and at the last step (None: never).
+        early_stopping_patience: Evaluations without improvement before stopping (None: never).
+        evaluator: `evaluator(policy) -> score`, called on every process in eval mode under
+            no_grad; the main process's score is used by all. Default: validation DPO loss.
+        higher_is_better: Direction of the evaluator's score.
+        eval_at_start: Also evaluate the round's starting weights (so they can be kept as best).
+        checkpoint_dir: Where the final (best) policy is saved after each round.
+        seed: Seed for data order and dropout.
+        log_fn: `log_fn(metrics, step)` callback (main process), in addition to accelerator.log.
+    """
+
+    def __init__(
+        self,
+        dpo: DPO | nn.Module,
+        *,
+        dataset_generator: Callable[[], Dataset] | None = None,
+        train_dataset: Dataset | None = None,
+        valid_dataset: Dataset | None = None,
+        accelerator: Accelerator | None = None,
+        batch_size: int = 16,
+        grad_accum_steps: int = 1,
+        start_learning_rate: float = 1e-6,
+        end_learning_rate: float = 1e-7,
+        warmup_steps: int = 0,
+        weight_decay: float = 0.0,
+        max_grad_norm: float | None = 1.0,
+        dropout: float = 0.1,
+        num_train_steps: int | None = None,
+        num_epochs: int | None = None,
+        precompute_ref_logps: bool = True,
+        eval_every: int | None = None,
+        early_stopping_patience: int | None = 3,
+        evaluator: Evaluator | None = None,
+        higher_is_better: bool = False,
+        eval_at_start: bool = False,
+        checkpoint_dir: str | os.PathLike | None = None,
+        seed: int = 0,
+        log_fn: LogFn | None = None,
+    ) -> None:
+        if dataset_generator is None and train_dataset is None:
+            raise ValueError("give a train_dataset or a dataset_generator")
+        if eval_every is not None and eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1 or None, got {eval_every!r}")
+        if eval_every is not None and evaluator is None and valid_dataset is None:
+            raise ValueError("eval_every needs an evaluator or a valid_dataset")
+        self.dpo = dpo if isinstance(dpo, DPO) else DPO(dpo)
+        self.dataset_generator, self.train_dataset = dataset_generator, train_dataset
+        self.valid_dataset, self.batch_size = valid_dataset, batch_size
+        self.precompute_ref_logps, self.eval_every, self.eval_at_start = (
+            precompute_ref_logps,
+            eval_every,
+            eval_at_start,
+        )
+        self.evaluator = evaluator or self.validation_loss
+        self.patience, self.higher_is_better = early_stopping_patience, higher_is_better
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.seed = seed
+        self.loop = TrainingLoop(
+            self.dpo,
+            self.dpo.policy,
+            input_keys=_DPO_INPUTS,
+            accelerator=accelerator,
+            batch_size=batch_size,
+            grad_accum_steps=grad_accum_steps,
+            start_learning_rate=start_learning_rate,
+            end_learning_rate=end_learning_rate,
+            warmup_steps=warmup_steps,
+            weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm,
+            dropout=dropout,
+            num_train_steps=num_train_steps,
+            num_epochs=num_epochs,
+            seed=seed,
+            log_fn=log_fn,
+        )
+        self.accelerator = self.loop.accelerator
+        self._good: WeightSnapshot | None = None
+        # accelerator.prepare may move the module; keep our handle on the unwrapped one.
+        self.dpo = self.accelerator.unwrap_model(self.loop.model)
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def validation_loss(self, policy: nn.Module | None = None) -> float:
+        """Mean DPO loss over `valid_dataset` (sharded across processes, then reduced).
+
+        Args:
+            policy: Ignored; the trainer's own DPO module (policy + reference) is used.
+        """
+        if self.valid_dataset is None or len(self.valid_dataset) == 0:
+            raise ValueError("validation_loss needs a non-empty valid_dataset")
+        total = torch.zeros(2, dtype=torch.float64, device=self.accelerator.device)  # (loss sum, pairs)
+        for _, batch in iter_shard_batches(self.valid_dataset, self.batch_size, self.accelerator):
+            out = self.dpo(**{k: batch[k] for k in _DPO_INPUTS if k in batch})
+            pairs = len(batch["chosen"])
+            total += torch.tensor([float(out.loss) * pairs, pairs], device=total.device)
+        total = self.accelerator.reduce(total, reduction="sum")
+        return float(total[0] / total[1])
+
+    def _evaluate(self, stopper: EarlyStopper) -> EarlyStopDecision:
+        """Score the policy on every process, share the main process's score, update the stopper."""
+        was_training = self.dpo.training
+        self.dpo.eval()
+        try:
+            with torch.no_grad():
+                score = float(self.evaluator(self.dpo.policy))
+        finally:
+            self.dpo.train(was_training)
+        decision = stopper.update(self.loop.broadcast_float(score))
+        self.loop.log({"eval/score": decision.score, "eval/best_score": decision.best_score})
+        return decision
+
+    # ---------------------------------------------------------------- reference
+    @torch.no_grad()
+    def _with_ref_logps(self, dataset: Dataset) -> Dataset:
+        """Compute reference log-probs once (sharded, then summed across processes)."""
+        ref = torch.zeros(len(dataset), 2, dtype=torch.float32, device=self.accelerator.device)
+        for positions, batch in iter_shard_batches(dataset, self.batch_size, self.accelerator):
+            chosen, rejected = self.dpo.ref_logps(batch["chosen"], batch["rejected"], batch["prompt_len"])
+            ref[positions.to(ref.device)] = torch.stack([chosen, rejected], dim=1).float()
+        ref = self.accelerator.reduce(ref, reduction="sum")  # each position was filled on one process
+        return _WithRefLogps(dataset, ref.cpu())
+
+    def _round_dataset(self) -> Dataset:
+        dataset = self.dataset_generator() if self.dataset_generator is not None else self.train_dataset
+        if dataset is None:
+            raise ValueError("dataset_generator returned None")
+        return dataset
+
+    # ---------------------------------------------------------------- training
+    def train(self) -> dict:
+        """Run one DPO round (see the module docstring) and return a summary.
+
+        Returns:
+            Flat dict: `steps`, `global_step`, `num_pairs`, `stopped_early`, `best_score`,
+            `best_step` (None without evaluation), and `final/<metric>` (last step) and
+            `mean/<metric>` (mean over the round) for every training metric.
+
+        Raises:
+            NonFiniteLossError: If the loss becomes NaN/inf (after restoring good weights).
+            ValueError: If the round's dataset is empty.
+        """
+        dataset = self._round_dataset()
+        self.dpo.update_reference_model_with_policy()
+        if len(dataset) == 0:
+            raise ValueError("the round's preference dataset is empty: nothing to train on")
+        set_seed(self.seed + self.loop.round)
+        if self.precompute_ref_logps and self.dpo.ref_is_frozen:
+            dataset = self._with_ref_logps(dataset)
+        batches, total_steps = self.loop.begin_round(dataset)
+        stopper = EarlyStopper(self.patience, self.higher_is_better)
+        # Restore point for a non-finite loss; a frozen reference already holds the start weights.
+        self._good = None if self.dpo.ref_is_frozen else WeightSnapshot(self.dpo.policy)
+        best, history, stopped_early = None, [], False
+        if self.eval_every is not None and self.eval_at_start and self._evaluate(stopper).improved:
+            best = self._good = WeightSnapshot(self.dpo.policy, step=0)
+        bar = self.loop.progress(total_steps, "dpo")
+        for step in range(1, total_steps + 1):
+            metrics = self.train_step(batches)
+            history.append(metrics)
+            self.loop.log(metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
+            if self.eval_every is not None and (step % self.eval_every == 0 or step == total_steps):
+                decision = self._evaluate(stopper)
+                if decision.improved:
+                    best = self._good = WeightSnapshot(self.dpo.policy, step=step)
+                if decision.should_stop:
+                    stopped_early = True
+                    break
+        bar.close()
+        if best is not None:
+            best.restore(self.dpo.policy)
+        if self.checkpoint_dir is not None:
+            self.loop.save_on_main(self.dpo.policy, self.checkpoint_dir)
+        return self._summary(history, len(dataset), stopped_early, stopper, best)
+
+    __call__ = train
+
+    def train_step(self, batches: Iterator[dict]) -> dict[str, float]:
+        """One optimizer step, then one EMA step of the reference (when it is not frozen).
+
+        Args:
+            batches: Iterator of collated preference batches.
+
+        Returns:
+            The step's metrics, averaged across processes.
+
+        Raises:
+            NonFiniteLossError: When the loss or gradient is NaN/inf, after restoring the best
+                snapshot of the round, else the round's starting weights.
+        """
+        try:
+            metrics = self.loop.train_step(batches)
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(f"{exc}; policy weights restored to {self._restore_good_weights()}") from exc
+        self.dpo.update_reference_ema()
+        return metrics
+
+    def _restore_good_weights(self) -> str:
+        if self._good is not None:
+            self._good.restore(self.dpo.policy)
+            return f"the step {self._good.step} snapshot"
+        # Frozen reference: it was reset to the policy at the start of the round.
+        self.dpo.policy.load_state_dict(self.dpo.reference.state_dict())
+        return "the round's starting weights (the frozen reference)"
+
+    def _summary(self, history, num_pairs, stopped_early, stopper, best) -> dict:
+        return {
+            "steps": len(history),
+            "global_step": self.loop.global_step,
+            "num_pairs": num_pairs,
+            "stopped_early": stopped_early,
+            "best_score": stopper.best_score,
+            "best_step": best.step if best is not None else None,
+            **summarize(history),
+        }

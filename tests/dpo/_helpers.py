@@ -1,0 +1,73 @@
+"""Tiny real models and data for the dpo tests (kept small for a busy 2-core machine)."""
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+VOCAB = 64
+CHOSEN_TOKEN, REJECTED_TOKEN = 1, 2
+
+
+def tiny_llama(seed: int = 0, layers: int = 1, tie: bool = False) -> LlamaForCausalLM:
+    """A real HF Llama with ~20k parameters."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+    )
+    return LlamaForCausalLM(config)
+
+
+class TinyLM(nn.Module):
+    """Plain torch causal LM: ids (B, T) -> logits (B, T, V), with tied input/output weights."""
+
+    def __init__(self, vocab: int = VOCAB, dim: int = 16, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(vocab, dim)
+        self.mix = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(0.0)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.embed.weight  # shared tensor, as in tied LMs
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed(ids)  # (B, T, D)
+        # causal running mean so each position sees its prefix
+        counts = torch.arange(1, ids.shape[1] + 1, device=ids.device).view(1, -1, 1)
+        hidden = torch.tanh(self.mix(hidden.cumsum(dim=1) / counts))
+        return self.head(self.dropout(hidden))
+
+
+def clear_preference_rows(n: int, seed: int = 0, response_len: int = 4):
+    """Pairs whose chosen response is always CHOSEN_TOKEN and rejected always REJECTED_TOKEN."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        prompt_len = int(torch.randint(2, 6, (1,), generator=gen))
+        prompt = torch.randint(3, VOCAB, (prompt_len,), generator=gen).tolist()
+        rows.append((prompt, [CHOSEN_TOKEN] * response_len, [REJECTED_TOKEN] * (response_len - 1)))
+    return rows
+
+
+def random_rows(n: int, seed: int = 0, max_prompt: int = 6, max_response: int = 6):
+    """Pairs of random prompts and random responses of varied lengths."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def ids(lo: int, hi: int) -> list[int]:
+        return torch.randint(0, VOCAB, (int(torch.randint(lo, hi + 1, (1,), generator=gen)),), generator=gen).tolist()
+
+    return [(ids(1, max_prompt), ids(1, max_response), ids(1, max_response)) for _ in range(n)]
+
+
+def state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def cpu_state(model: nn.Module) -> dict:
+    return {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
