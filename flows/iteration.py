@@ -11,7 +11,13 @@ from flows import steps
 from flows.launch import run_training
 from flows.stepdir import StepRecord
 from pipeline.config import RunConfig
-from pipeline.report import CURVES, artifact_key, plot_learning_curves, plot_score_histogram, stage_summary_markdown
+from pipeline.report import (
+    CURVES,
+    artifact_key,
+    plot_learning_curves,
+    plot_score_histogram,
+    stage_summary_markdown,
+)
 from pipeline.tracking import Tracker
 
 
@@ -122,7 +128,7 @@ def _parent_summary(records: dict[str, StepRecord], model: StepRecord, eval_metr
         "mean_rejected_score": pairs.get("mean_rejected_score"),
         "mean_chosen_length": pairs.get("mean_chosen_length"),
         "mean_rejected_length": pairs.get("mean_rejected_length"),
-        "dpo_reward_accuracy": model.summary.get("rewards/accuracies"),
+        "dpo_reward_accuracy": model.summary.get("final/rewards/accuracies"),
         **eval_metrics,
     }
     return {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}

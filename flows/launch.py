@@ -66,7 +66,7 @@ def run_training(
         json.dump(spec, f)
     try:
         command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(config.runtime.num_processes)]
-        if steps.select_device(config.model.device) == "cpu":
+        if steps.select_device(config.model.device).type == "cpu":
             command.append("--cpu")
         command += ["-m", "flows.launch", f.name]
         subprocess.run(command, check=True)

@@ -18,6 +18,12 @@ from typing import Any
 from pydantic import BaseModel
 
 MANIFEST = "manifest.json"
+# Fault injection for resume tests: `SELFREWARD_FAIL_STEP=iter-2/dpo` fails that step before it runs.
+FAIL_STEP_ENV = "SELFREWARD_FAIL_STEP"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by a step named in $SELFREWARD_FAIL_STEP (tests of resume and retries)."""
 
 
 class StepRecord(BaseModel):
@@ -76,6 +82,8 @@ def run_step(
     done = finished(path, step_fingerprint)
     if done is not None:
         return done, False
+    if os.environ.get(FAIL_STEP_ENV) == f"{path.parent.name}/{step}":
+        raise InjectedFault(f"injected failure in {path.parent.name}/{step} (${FAIL_STEP_ENV})")
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:  # `accelerate launch`: every rank computes, only the main rank publishes
         scratch = path.with_name(f".{path.name}.rank{rank}")

@@ -275,7 +275,7 @@ def judge_candidates(config: RunConfig, iteration: int, run_dir: Path, model: St
         texts = [[c["text"] for c in r["candidates"]] for r in rows]
         stats = judging.JudgingStats()
         if cfg.reward_fn:
-            judged = judging.score_with_reward_fn(judging.load_reward_fn(cfg.reward_fn), prompts, texts)
+            judged = judging.score_with_reward_fn(judging.load_reward_fn(cfg.reward_fn), prompts, texts, stats=stats)
         else:
             policy, tokenizer = load_for_inference(config, model)
             judged = judging.judge_candidates(

@@ -51,6 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if "PREFECT_API_URL" not in os.environ:
         # Ephemeral Prefect keeps its database with the run, so `selfreward ui` can show it later.
         os.environ.setdefault("PREFECT_HOME", str(output / "prefect"))
+        Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     from flows import self_rewarding_flow
 
     result = self_rewarding_flow(config, output_dir=str(output))

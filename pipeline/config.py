@@ -11,7 +11,8 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from types import NoneType, UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -47,16 +48,16 @@ class TinyModelConfig(_Section):
 class ModelConfig(_Section):
     """`path` is a local `from_pretrained` directory; without it, a tiny model is built from `tiny`."""
 
-    path: str | None = None
+    path: str | None = Field(None, description="local `from_pretrained` directory (Llama, Qwen, Mistral...)")
     tiny: TinyModelConfig = TinyModelConfig()
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on a GPU that has it, else fp32")
 
 
 class DataConfig(_Section):
     """Seed data. `task: demo_rules` generates everything from the built-in synthetic task."""
 
-    task: Literal["demo_rules"] | None = "demo_rules"
+    task: Literal["demo_rules"] | None = Field("demo_rules", description="built-in synthetic task that generates the seed data")
     ift: str | None = Field(None, description="JSONL of {prompt, response}: instruction fine-tuning")
     eft: str | None = Field(None, description="JSONL of {prompt, response}: judge fine-tuning")
     seed_prompts: str | None = Field(None, description="prompt pool for self-instruct, or the prompt source")
@@ -76,38 +77,38 @@ class DataConfig(_Section):
 class OptimConfig(_Section):
     """Shared by SFT and DPO: AdamW, linear warm-up then linear decay from start to end LR."""
 
-    start_learning_rate: float = Field(1e-3, gt=0)
-    end_learning_rate: float = Field(1e-4, ge=0)
+    start_learning_rate: float = Field(1e-3, gt=0, description="learning rate after warm-up")
+    end_learning_rate: float = Field(1e-4, ge=0, description="learning rate at the last step (linear decay)")
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    batch_size: int = Field(16, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
+    batch_size: int = Field(16, ge=1, description="examples (pairs for DPO) per micro-batch")
     grad_accum_steps: int = Field(1, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
-    num_train_steps: int | None = Field(None, ge=1)
-    num_epochs: int | None = Field(None, ge=1)
+    num_train_steps: int | None = Field(None, ge=1, description="optimizer steps; wins over num_epochs")
+    num_epochs: int | None = Field(None, ge=1, description="passes over the data (1 when neither is set)")
     max_len: int = Field(128, ge=8, description="tokens per training sequence (prompt + response)")
 
 
 class SFTConfig(OptimConfig):
-    enabled: bool = True
+    enabled: bool = Field(True, description="SFT on IFT + EFT before iteration 1 (M0 -> M1)")
 
 
 class SamplingConfig(_Section):
     max_new_tokens: int = Field(64, ge=1, description="NEW tokens only")
-    temperature: float = Field(0.7, ge=0)
+    temperature: float = Field(0.7, ge=0, description="0 = greedy")
     top_p: float = Field(0.9, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
-    batch_size: int = Field(64, ge=1)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    batch_size: int = Field(64, ge=1, description="sequences decoded together")
 
 
 class PromptsConfig(_Section):
     """Where an iteration's prompts come from: self-instruct from the seed pool, or the pool itself."""
 
-    source: Literal["self_instruct", "seed"] = "self_instruct"
-    num_prompts: int = Field(64, ge=1)
-    shots: int = Field(4, ge=1)
-    max_rouge_l: float = Field(0.7, ge=0, le=1)
+    source: Literal["self_instruct", "seed"] = Field("self_instruct", description="self_instruct: M_t writes prompts few-shot; seed: sample the pool")
+    num_prompts: int = Field(64, ge=1, description="prompts per iteration")
+    shots: int = Field(4, ge=1, description="pool examples shown per self-instruct prompt")
+    max_rouge_l: float = Field(0.7, ge=0, le=1, description="near-duplicate filter against the pool and each other")
     min_chars: int = Field(8, ge=1)
     max_chars: int = Field(400, ge=1)
     sampling: SamplingConfig = SamplingConfig(temperature=0.8, max_new_tokens=48)
@@ -126,17 +127,17 @@ class JudgeConfig(_Section):
 
 
 class PairsConfig(_Section):
-    strategy: Literal["max_min", "length_control"] = "max_min"
+    strategy: Literal["max_min", "length_control"] = Field("max_min", description="max_min: best vs worst (the paper); length_control: Meta-Rewarding tiers")
     rho: float = Field(0.0, ge=0, le=1, description="tier width for length_control")
 
 
 class DPOConfig(OptimConfig):
-    beta: float = Field(0.1, gt=0)
+    beta: float = Field(0.1, gt=0, description="strength of the KL anchor to the reference M_t")
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    nll_weight: float = Field(0.0, ge=0)
-    reduction: Literal["sum", "mean"] = "sum"
-    precompute_ref_logps: bool = True
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO / robust label noise")
+    nll_weight: float = Field(0.0, ge=0, description="weight of an NLL term on chosen responses (RPO)")
+    reduction: Literal["sum", "mean"] = Field("sum", description="log-probs summed (DPO paper) or averaged over tokens")
+    precompute_ref_logps: bool = Field(True, description="reference log-probs once per round instead of every step")
     start_learning_rate: float = Field(1e-4, gt=0)
     end_learning_rate: float = Field(1e-5, ge=0)
 
@@ -150,7 +151,7 @@ class IterationConfig(_Section):
 
 
 class EvalConfig(_Section):
-    enabled: bool = True
+    enabled: bool = Field(True, description="evaluate every stage's model on held-out prompts")
     max_new_tokens: int = Field(32, ge=1)
     num_judge_pairs: int = Field(100, ge=0, description="pairs for the judge's pairwise accuracy")
 
@@ -160,20 +161,20 @@ class RuntimeConfig(_Section):
 
     launcher: Literal["inprocess", "accelerate"] = "inprocess"
     num_processes: int = Field(1, ge=1)
-    retries: int = Field(1, ge=0)
+    retries: int = Field(1, ge=0, description="Prefect retries per step")
     retry_delay_seconds: float = Field(2.0, ge=0)
 
 
 class TrackingConfig(_Section):
-    experiment: str = "selfreward"
+    experiment: str = Field("selfreward", description="MLflow experiment")
     registered_model: str | None = Field(None, description="model registry name; default '<run_name>-policy'")
     log_checkpoints: bool = Field(True, description="copy each checkpoint into MLflow and register it")
 
 
 class RunConfig(_Section):
-    run_name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = 0
-    iterations: int = Field(2, ge=1)
+    run_name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="folder and MLflow name; same name + config resumes")
+    seed: int = Field(0, description="seeds every step (data, init, sampling, training order)")
+    iterations: int = Field(2, ge=1, description="self-rewarding iterations after SFT (M2, M3, ...)")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     sft: SFTConfig = SFTConfig()
@@ -298,7 +299,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{path}: invalid config\n" + _format_errors(err)) from None
     except ValueError as err:  # raised by iteration_config() with its own field path
         raise ConfigError(f"{path}: invalid config\n{err}") from None
-    return config.model_copy(update={"data": _resolve_data_paths(config.data, path.parent)})
+    return config.model_copy(update={"data": _resolve_data_paths(config.data, path)})
 
 
 def _resolve_relative_paths(raw: dict, base: Path) -> None:
@@ -315,14 +316,43 @@ def _resolve_relative_paths(raw: dict, base: Path) -> None:
         model["path"] = str((base / model["path"]).resolve())
 
 
-def _resolve_data_paths(data: DataConfig, base: Path) -> DataConfig:
+def _resolve_data_paths(data: DataConfig, config_path: Path) -> DataConfig:
     # Relative data paths are relative to the config file, so a run works from any directory.
     updates = {}
     for name in ("ift", "eft", "seed_prompts", "eval_prompts"):
         value = getattr(data, name)
         if value is not None:
-            resolved = (base / value).resolve()
+            resolved = (config_path.parent / value).resolve()
             if not resolved.is_file():
-                raise ConfigError(f"data.{name}: file not found: {resolved}")
+                raise ConfigError(f"{config_path}: data.{name}: file not found: {resolved}")
             updates[name] = str(resolved)
     return data.model_copy(update=updates)
+
+
+def _type_name(annotation: Any) -> str:
+    if get_origin(annotation) is Literal:
+        return " | ".join(repr(a) for a in get_args(annotation))
+    if get_origin(annotation) in (Union, UnionType):
+        return " | ".join(_type_name(a) for a in get_args(annotation))
+    if get_origin(annotation) is dict:
+        return "mapping"
+    return "None" if annotation is NoneType else getattr(annotation, "__name__", str(annotation))
+
+
+def config_reference() -> str:
+    """A markdown table of every config field: path, type, default, description (for the README)."""
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            path = f"{prefix}{name}"
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{path}.")
+                continue
+            kind = _type_name(annotation).replace("|", "\\|")
+            default = "{}" if field.default_factory else repr(field.default)
+            rows.append(f"| `{path}` | `{kind}` | `{default}` | {field.description or ''} |")
+
+    walk(RunConfig, "")
+    return "\n".join(rows)

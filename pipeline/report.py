@@ -10,10 +10,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-# Columns of `selfreward compare`, in order; evaluation metrics follow them.
+# Columns of `selfreward compare` (every metric is in `--json` and in MLflow).
 TABLE_COLUMNS = [
     "stage", "model", "num_pairs", "skip_rate", "parse_failure_rate", "mean_chosen_score",
-    "mean_rejected_score", "dpo_reward_accuracy",
+    "mean_rejected_score", "dpo_reward_accuracy", "gt_score", "gt_success", "judge_pairwise_accuracy",
+    "self_judge_score", "mean_response_length",
 ]
 CURVES = ["loss", "rewards/accuracies", "rewards/margins"]
 
@@ -39,8 +40,7 @@ def format_table(rows: Sequence[Mapping]) -> str:
     """A fixed-width text table of the comparison rows."""
     if not rows:
         return "(no finished stages)"
-    extra = sorted({k for r in rows for k in r} - set(TABLE_COLUMNS))
-    columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows)] + extra
+    columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows)]
     cells = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]

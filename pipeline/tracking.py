@@ -160,8 +160,9 @@ class Tracker:
         return any(Path(f.path).name == name for f in self.client.list_artifacts(run_id, parent or None))
 
     def register_checkpoint(self, run_id: str, checkpoint_dir: Path, model_name: str, alias: str) -> str:
-        """Copy a checkpoint into the run's artifacts and register it as a model version with
-        aliases `alias` and `latest`; idempotent on resume (one version per run and alias)."""
+        """Copy a checkpoint into the run's artifacts and register it as a model version with alias
+        `alias`; idempotent on resume (one version per run). MLflow reserves `latest` itself:
+        `models:/<name>/latest` always resolves to the newest version."""
         if not self.has_artifact(run_id, "checkpoint"):
             self.log_artifact(run_id, checkpoint_dir, "checkpoint")
         try:
@@ -175,7 +176,6 @@ class Tracker:
             source = f"{self.client.get_run(run_id).info.artifact_uri}/checkpoint"
             version = self.client.create_model_version(model_name, source, run_id=run_id, tags={"alias": alias}).version
         self.client.set_registered_model_alias(model_name, alias, version)
-        self.client.set_registered_model_alias(model_name, "latest", version)
         return str(version)
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:

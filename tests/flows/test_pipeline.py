@@ -1,0 +1,88 @@
+"""The whole flow on a tiny config: stages in MLflow, readable pairs, registered versions, resume."""
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dpo import DPODataset
+from flows import self_rewarding_flow
+from flows.stepdir import FAIL_STEP_ENV, MANIFEST, InjectedFault, sha256_file
+from pipeline.tracking import TAG_PARENT, Tracker, default_tracking_uri
+from tests.flows.conftest import tiny_config
+
+pytestmark = pytest.mark.usefixtures("prefect_harness", "no_mlflow_env")
+STAGES = ["sft", "iter-1", "iter-2"]
+
+
+def test_end_to_end_stages_metrics_pairs_and_model_versions(tmp_path):
+    config = tiny_config("runtime.retry_delay_seconds=0")
+    result = self_rewarding_flow(config, output_dir=str(tmp_path))
+    run_dir = Path(result["run_dir"])
+
+    rows = result["rows"]
+    assert [r["stage"] for r in rows] == STAGES
+    assert all(0.0 <= r["gt_score"] <= 1.0 and "judge_pairwise_accuracy" in r for r in rows)
+    assert Path(result["plot"]).is_file()
+
+    tracker = Tracker(default_tracking_uri(tmp_path), config.tracking.experiment)
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    parent = tracker.find_pipeline(config.run_name)
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert client.get_run(parent).data.params["iteration.dpo.beta"] == "0.1"
+    children = tracker.stage_runs(config.run_name)
+    assert sorted(children) == sorted(STAGES)
+    for run_id in children.values():
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.tags[TAG_PARENT] == parent
+        assert "eval/gt_score" in run.data.metrics
+    plots = {stage: {a.path for a in client.list_artifacts(run_id, "plots")} for stage, run_id in children.items()}
+    assert "plots/learning_curves.png" in plots["sft"] and "plots/learning_curves.png" in plots["iter-1"]
+    assert "plots/judge_scores.png" in plots["iter-1"]
+    assert len(client.get_metric_history(children["iter-1"], "rewards/accuracies")) == 3
+    assert len(client.get_metric_history(children["sft"], "loss")) == config.sft.num_train_steps
+
+    for iteration in (1, 2):
+        pairs = DPODataset(run_dir / f"iter-{iteration}" / "pairs")
+        assert len(pairs) == rows[iteration]["num_pairs"]
+        assert (run_dir / f"iter-{iteration}" / "checkpoint" / "model" / "config.json").is_file()
+
+    name = f"{config.run_name}-policy"
+    versions = {alias: client.get_model_version_by_alias(name, alias).version for alias in STAGES}
+    assert len(set(versions.values())) == 3
+    newest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    assert newest == int(versions["iter-2"])  # what `models:/<name>/latest` resolves to
+
+
+def _manifest_times(run_dir: Path) -> dict[str, int]:
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob(MANIFEST)}
+
+
+def test_resume_after_a_failure_in_iteration_2_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    config = tiny_config("runtime.retries=0")
+    interrupted, clean = tmp_path / "interrupted", tmp_path / "clean"
+
+    monkeypatch.setenv(FAIL_STEP_ENV, "iter-2/dpo")
+    with pytest.raises(InjectedFault):
+        self_rewarding_flow(config, output_dir=str(interrupted))
+    run_dir = interrupted / config.run_name
+    before = _manifest_times(run_dir)
+    assert "iter-2/pairs/manifest.json" in before and "iter-2/checkpoint/manifest.json" not in before
+
+    monkeypatch.delenv(FAIL_STEP_ENV)
+    self_rewarding_flow(config, output_dir=str(interrupted))
+    after = _manifest_times(run_dir)
+    assert {k: after[k] for k in before} == before  # nothing finished before the failure was recomputed
+
+    self_rewarding_flow(config, output_dir=str(clean))
+    for name in ("iter-2/pairs/preference_seq.memmap.npy", "iter-2/checkpoint/model/model.safetensors"):
+        assert sha256_file(run_dir / name) == sha256_file(clean / config.run_name / name), name
+
+    # The resumed run reused its MLflow runs: one parent, one child per stage, no repeated rows.
+    tracker = Tracker(default_tracking_uri(interrupted), config.tracking.experiment)
+    client = MlflowClient(default_tracking_uri(interrupted))
+    parents = client.search_runs([tracker.experiment_id], "tags.`selfreward.stage` = 'pipeline'")
+    assert len(parents) == 1 and sorted(tracker.stage_runs(config.run_name)) == sorted(STAGES)
+    for key in client.get_run(parents[0].info.run_id).data.metrics:
+        steps = [m.step for m in client.get_metric_history(parents[0].info.run_id, key)]
+        assert len(steps) == len(set(steps)), key

@@ -1,0 +1,107 @@
+"""Run config: defaults, per-iteration overrides, `--set`, and clear errors for bad files."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, RunConfig, load_config, parse_overrides
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_every_yaml_under_configs_loads():
+    run_configs = [p for p in (REPO / "configs").rglob("*.yaml") if "judges" not in p.parts]
+    assert run_configs, "configs/ has no run configs"
+    for path in run_configs:
+        assert isinstance(load_config(path), RunConfig)
+
+
+def test_embedded_default_is_the_demo():
+    config = load_config(None)
+    assert config.run_name == "demo" and config.iterations >= 2
+    assert Path(config.iteration.judge.template).is_file()  # resolved relative to the config file
+
+
+def test_overrides_as_mapping_and_list_change_only_their_iteration(tmp_path):
+    as_map = load_config(write(tmp_path, "iterations: 3\noverrides: {2: {dpo: {beta: 0.5}, pairs: {rho: 0.3}}}\n"))
+    as_list = load_config(write(tmp_path, "iterations: 3\noverrides: [{}, {dpo: {beta: 0.5}, pairs: {rho: 0.3}}]\n", "b.yaml"))
+    for config in (as_map, as_list):
+        assert config.iteration_config(1).dpo.beta == 0.1
+        assert config.iteration_config(2).dpo.beta == 0.5
+        assert config.iteration_config(2).pairs.rho == 0.3
+        assert config.iteration_config(3).dpo.beta == 0.1
+        assert config.iteration_config(2).dpo.start_learning_rate == config.iteration.dpo.start_learning_rate
+
+
+def test_set_overrides_any_field_with_yaml_scalars(tmp_path):
+    config = load_config(
+        write(tmp_path, "iterations: 2\n"),
+        ["iteration.dpo.beta=0.25", "run_name=other", "overrides.2.pairs.strategy=length_control", "sft.enabled=false"],
+    )
+    assert config.iteration.dpo.beta == 0.25 and config.run_name == "other" and config.sft.enabled is False
+    assert config.iteration_config(2).pairs.strategy == "length_control"
+    assert parse_overrides(["a.b=[1, 2]"]) == {"a": {"b": [1, 2]}}
+
+
+BAD_CONFIGS = [
+    ("unknown key", "iteration:\n  dpo:\n    betta: 0.1\n", "iteration.dpo.betta: unknown field"),
+    ("wrong type", "iterations: many\n", "iterations: Input should be a valid integer"),
+    ("zero count", "iteration:\n  candidates:\n    num: 0\n", "iteration.candidates.num"),
+    ("negative count", "iteration:\n  judge:\n    num_judgments: -1\n", "iteration.judge.num_judgments"),
+    ("rho above 1", "iteration:\n  pairs:\n    rho: 1.5\n", "iteration.pairs.rho"),
+    ("bad override", "overrides: {2: {dpo: {loss_type: nope}}}\n", "overrides.2.dpo.loss_type"),
+    ("override beyond iterations", "iterations: 1\noverrides: {3: {}}\n", "iterations is 1"),
+    ("not a mapping", "- a\n- b\n", "expected a mapping"),
+    ("python tag", "run_name: !!python/object/apply:os.system ['echo hi']\n", "not valid YAML"),
+    ("bad yaml", "iteration: [unclosed\n", "not valid YAML"),
+    ("missing data file", "data: {task: null, ift: nope.jsonl, seed_prompts: nope.jsonl}\n", "data.ift: file not found"),
+    ("heads do not divide", "model: {tiny: {hidden_size: 30, num_heads: 4}}\n", "divisible"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "expected"), BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_config_names_file_and_field(tmp_path, case, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_bad_set_syntax():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_overrides(["iteration.dpo.beta"])
+
+
+@pytest.mark.parametrize(("case", "text", "expected"), BAD_CONFIGS[:4] + BAD_CONFIGS[7:9], ids=lambda v: str(v)[:20])
+def test_cli_exits_2_with_message_and_no_traceback(tmp_path, case, text, expected):
+    path = write(tmp_path, text)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(path), "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert expected in proc.stderr and str(path) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing written for a bad config
+
+
+def test_cli_set_error_exits_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--set", "iteration.pairs.rho=2", "--output", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2 and "iteration.pairs.rho" in proc.stderr and "Traceback" not in proc.stderr
