@@ -8,11 +8,14 @@ subprocess logs its curves to the same MLflow run (by id), so both paths look th
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Literal
+
+from accelerate import PartialState
 
 from flows import steps
 from flows.stepdir import StepRecord
@@ -65,23 +68,41 @@ def run_training(
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
     try:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(config.runtime.num_processes)]
-        if steps.select_device(config.model.device).type == "cpu":
-            command.append("--cpu")
-        command += ["-m", "flows.launch", f.name]
-        subprocess.run(command, check=True)
+        subprocess.run(_launch_command(config, f.name), check=True)
     finally:
         os.unlink(f.name)
     # The subprocess published the step folder; reading it again returns its record.
     return _train_here(kind, config, Path(run_dir), model, inputs, iteration, None, None)
 
 
+def _launch_command(config: RunConfig, spec_path: str) -> list[str]:
+    n = config.runtime.num_processes
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n),
+               "--num_machines", "1", "--dynamo_backend", "no"]
+    if n > 1:
+        # `--multi_gpu` starts n torchrun workers; on a CPU-only run each rank then picks gloo
+        # (accelerate's `--cpu` with n > 1 expects mpirun and would start one process).
+        command += ["--multi_gpu", "--main_process_port", str(_free_port())]
+    elif steps.select_device(config.model.device).type == "cpu":
+        command.append("--cpu")
+    return command + ["-m", "flows.launch", spec_path]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of one `accelerate launch` rank: `python -m flows.launch SPEC.json`."""
     spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
+    config = RunConfig.model_validate(spec["config"])
+    # The process state is shared by every Accelerator made later (the trainer's included).
+    PartialState(cpu=steps.select_device(config.model.device).type == "cpu")
     _train_here(
         spec["kind"],
-        RunConfig.model_validate(spec["config"]),
+        config,
         Path(spec["run_dir"]),
         StepRecord.model_validate(spec["model"]),
         StepRecord.model_validate(spec["inputs"]),
