@@ -129,6 +129,7 @@ def _parent_summary(records: dict[str, StepRecord], model: StepRecord, eval_metr
         "mean_chosen_length": pairs.get("mean_chosen_length"),
         "mean_rejected_length": pairs.get("mean_rejected_length"),
         "dpo_reward_accuracy": model.summary.get("final/rewards/accuracies"),
+        "train_loss": model.summary.get("final/loss"),
         **eval_metrics,
     }
     return {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}

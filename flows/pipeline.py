@@ -73,8 +73,7 @@ def self_rewarding_flow(
     tracker.log_artifact(parent, plot, "plots")
     tracker.log_artifact(parent, write_json(run_dir / "stages.json", rows), "summary")
     tracker.finish(parent)
-    print(format_table(rows))
-    print(f"plot: {plot}")
+    logger.info("stages of %s:\n%s\nplot: %s", config.run_name, format_table(rows), plot)
     return {"run_dir": str(run_dir), "rows": rows, "plot": str(plot), "mlflow_run_id": parent,
             "tracking_uri": tracking_uri, "final_model": str(steps.model_dir(model))}
 

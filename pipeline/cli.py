@@ -53,9 +53,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ.setdefault("PREFECT_HOME", str(output / "prefect"))
         Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     from flows import self_rewarding_flow
+    from pipeline.report import format_table
 
     result = self_rewarding_flow(config, output_dir=str(output))
-    print(f"\nrun folder: {result['run_dir']}")
+    print(f"\n{format_table(result['rows'])}\n")
+    print(f"run folder: {result['run_dir']}")
     print(f"stage plot: {result['plot']}")
     print(f"MLflow UI:  selfreward ui --output {output}")
     return 0
