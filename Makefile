@@ -15,7 +15,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench readme clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ test: lint
 
 bench: $(VENV)/.stamp-bench
 	$(PY) benchmarks/run_all.py
+
+readme: $(VENV)/.stamp-dev
+	$(PY) -m pipeline.config README.md
 
 clean:
 	rm -rf $(VENV) runs

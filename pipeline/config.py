@@ -127,7 +127,7 @@ class JudgeConfig(_Section):
 
 
 class PairsConfig(_Section):
-    strategy: Literal["max_min", "length_control"] = Field("max_min", description="max_min: best vs worst (the paper); length_control: Meta-Rewarding tiers")
+    strategy: Literal["max_min", "length_control", "random"] = Field("max_min", description="max_min: best vs worst (the paper); length_control: Meta-Rewarding tiers; random: control, judge order ignored")
     rho: float = Field(0.0, ge=0, le=1, description="tier width for length_control")
 
 
@@ -356,3 +356,21 @@ def config_reference() -> str:
 
     walk(RunConfig, "")
     return "\n".join(rows)
+
+
+README_MARKERS = ("<!-- config-reference:start", "<!-- config-reference:end -->")
+
+
+def update_readme(path: Path) -> None:
+    """Rewrite the config reference between the README's markers (`make readme`)."""
+    text = path.read_text(encoding="utf-8")
+    start = text.index(README_MARKERS[0])
+    start = text.index("\n", start) + 1
+    end = text.index(README_MARKERS[1])
+    path.write_text(text[:start] + config_reference() + "\n" + text[end:], encoding="utf-8")
+
+
+if __name__ == "__main__":
+    import sys
+
+    update_readme(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_CONFIG.parent.parent / "README.md")
