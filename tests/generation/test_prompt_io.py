@@ -1,7 +1,7 @@
 """read_prompts: formats and errors that name the file and line."""
 
-import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -65,7 +65,6 @@ def test_missing_unsupported_and_empty_files(tmp_path):
         read_prompts(tmp_path / "e.txt")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None, reason="pyarrow not installed")
 def test_parquet(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -80,7 +79,6 @@ def test_parquet(tmp_path):
         read_prompts(path)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is None, reason="datasets not installed")
 def test_hf_dataset_directory(tmp_path):
     import datasets
 
@@ -96,7 +94,7 @@ def test_hf_dataset_directory(tmp_path):
         read_prompts(tmp_path / "plain")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed")
-def test_dataset_directory_without_datasets_package(tmp_path):
+def test_dataset_directory_without_datasets_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now raises ImportError
     with pytest.raises(PromptFileError, match="pip install datasets"):
         read_prompts(tmp_path)
