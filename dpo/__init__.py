@@ -21,6 +21,7 @@ from .loss import LOSSES, PreferenceLossOutput, preference_loss
 from .model import DPO
 from .optim import build_adamw, build_scheduler, warmup_linear_decay
 from .sft import SFT_SEQ_FILE, SFTDataError, SFTDataset, SFTTrainer, sft_loss, write_sft_memmaps
+from .train_state import RoundState, load_train_state, restore_rng, save_train_state
 from .trainer import DPOTrainer, Evaluator
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "PreferenceDataError",
     "PreferenceLossOutput",
     "Reduction",
+    "RoundState",
     "SFTDataError",
     "SFTDataset",
     "SFTTrainer",
@@ -52,7 +54,10 @@ __all__ = [
     "build_adamw",
     "build_scheduler",
     "load_checkpoint",
+    "load_train_state",
     "preference_loss",
+    "restore_rng",
+    "save_train_state",
     "save_checkpoint",
     "selective_log_softmax",
     "sequence_logprobs",

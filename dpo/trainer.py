@@ -7,6 +7,11 @@ A round, in order:
     3. precompute reference log-probs         (once, when the reference is frozen)
     4. optimizer steps with early stopping    (best weights kept on CPU, restored at the end)
     5. checkpoint of the policy               (main process, atomic)
+
+With `checkpoint_every=N` and a `state_dir`, the full training state (weights, AdamW moments, LR
+schedule, data position, RNG states, metric history) is saved every N steps; a `train()` that
+finds a state of the same round there (e.g. after the process was killed) continues from it, and
+its final weights equal those of an uninterrupted round.
 """
 
 import os
@@ -23,6 +28,7 @@ from ._types import NonFiniteLossError
 from .early_stopping import EarlyStopDecision, EarlyStopper, WeightSnapshot
 from .loop import LogFn, TrainingLoop, iter_shard_batches, summarize
 from .model import DPO
+from .train_state import RoundState, load_train_state, restore_rng, save_train_state
 
 __all__ = ["DPOTrainer", "Evaluator"]
 
@@ -72,6 +78,12 @@ class DPOTrainer:
         higher_is_better: Direction of the evaluator's score.
         eval_at_start: Also evaluate the round's starting weights (so they can be kept as best).
         checkpoint_dir: Where the final (best) policy is saved after each round.
+        checkpoint_every: Save the resumable training state every this many optimizer steps
+            (None: never). Needs `state_dir`, or `checkpoint_dir` (then `.<name>.state` beside it).
+        state_dir: Folder of the resumable training state. It must belong to this round's inputs
+            (the pipeline keys it by the step's fingerprint); a state saved for a round of another
+            shape is ignored. The trainer never deletes it: remove it once the round's output is
+            safely stored.
         seed: Seed for data order and dropout.
         log_fn: `log_fn(metrics, step)` callback (main process), in addition to accelerator.log.
     """
@@ -101,11 +113,15 @@ class DPOTrainer:
         higher_is_better: bool = False,
         eval_at_start: bool = False,
         checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        state_dir: str | os.PathLike | None = None,
         seed: int = 0,
         log_fn: LogFn | None = None,
     ) -> None:
         if dataset_generator is None and train_dataset is None:
             raise ValueError("give a train_dataset or a dataset_generator")
+        if checkpoint_every is not None and checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 or None, got {checkpoint_every!r}")
         if eval_every is not None and eval_every < 1:
             raise ValueError(f"eval_every must be >= 1 or None, got {eval_every!r}")
         if eval_every is not None and evaluator is None and valid_dataset is None:
@@ -121,6 +137,12 @@ class DPOTrainer:
         self.evaluator = evaluator or self.validation_loss
         self.patience, self.higher_is_better = early_stopping_patience, higher_is_better
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if state_dir is None and self.checkpoint_dir is not None:
+            state_dir = self.checkpoint_dir.parent / f".{self.checkpoint_dir.name}.state"
+        if checkpoint_every is not None and state_dir is None:
+            raise ValueError("checkpoint_every needs a state_dir (or a checkpoint_dir)")
+        self.checkpoint_every = checkpoint_every
+        self.state_dir = Path(state_dir) if state_dir is not None else None
         self.seed = seed
         self.loop = TrainingLoop(
             self.dpo,
@@ -199,7 +221,8 @@ class DPOTrainer:
 
         Returns:
             Flat dict: `steps`, `global_step`, `num_pairs`, `stopped_early`, `best_score`,
-            `best_step` (None without evaluation), and `final/<metric>` (last step) and
+            `best_step` (None without evaluation), `resumed_from_step` (steps restored from a
+            saved state, 0 for a fresh round), and `final/<metric>` (last step) and
             `mean/<metric>` (mean over the round) for every training metric.
 
         Raises:
@@ -218,10 +241,13 @@ class DPOTrainer:
         # Restore point for a non-finite loss; a frozen reference already holds the start weights.
         self._good = None if self.dpo.ref_is_frozen else WeightSnapshot(self.dpo.policy)
         best, history, stopped_early = None, [], False
-        if self.eval_every is not None and self.eval_at_start and self._evaluate(stopper).improved:
+        identity = self._round_identity(len(dataset), total_steps)
+        start, best = self._resume(identity, batches, stopper, history)
+        if start == 0 and self.eval_every is not None and self.eval_at_start and self._evaluate(stopper).improved:
             best = self._good = WeightSnapshot(self.dpo.policy, step=0)
         bar = self.loop.progress(total_steps, "dpo")
-        for step in range(1, total_steps + 1):
+        bar.update(start)
+        for step in range(start + 1, total_steps + 1):
             metrics = self.train_step(batches)
             history.append(metrics)
             self.loop.log(metrics)
@@ -234,12 +260,53 @@ class DPOTrainer:
                 if decision.should_stop:
                     stopped_early = True
                     break
+            if self.checkpoint_every is not None and step % self.checkpoint_every == 0 and step < total_steps:
+                self._save_state(RoundState(identity, step, self.loop.global_step, step * self.loop.grad_accum_steps,
+                                            history, _stopper_state(stopper), best.step if best else None), best)
         bar.close()
         if best is not None:
             best.restore(self.dpo.policy)
         if self.checkpoint_dir is not None:
             self.loop.save_on_main(self.dpo.policy, self.checkpoint_dir)
-        return self._summary(history, len(dataset), stopped_early, stopper, best)
+        return {**self._summary(history, len(dataset), stopped_early, stopper, best), "resumed_from_step": start}
+
+    # ---------------------------------------------------------------- resumable state
+    def _round_identity(self, num_pairs: int, total_steps: int) -> dict:
+        return {"num_pairs": num_pairs, "total_steps": total_steps, "batch_size": self.batch_size,
+                "grad_accum_steps": self.loop.grad_accum_steps, "processes": self.accelerator.num_processes,
+                "round": self.loop.round, "seed": self.seed, "ref_frozen": self.dpo.ref_is_frozen}
+
+    def _save_state(self, state: RoundState, best: WeightSnapshot | None) -> None:
+        save_train_state(
+            self.state_dir, self.accelerator, state, policy=self.dpo.policy, optimizer=self.loop.optimizer,
+            scheduler=self.loop.scheduler, reference=None if self.dpo.ref_is_frozen else self.dpo.reference,
+            best=best.state if best is not None else None,
+        )
+
+    def _resume(self, identity: dict, batches: Iterator[dict], stopper: EarlyStopper,
+                history: list) -> tuple[int, WeightSnapshot | None]:
+        """Continue from a saved state of this round: returns (steps already done, best snapshot)."""
+        if self.checkpoint_every is None or self.state_dir is None:
+            return 0, None
+        loaded = load_train_state(
+            self.state_dir, identity, policy=self.dpo.policy, optimizer=self.loop.optimizer,
+            scheduler=self.loop.scheduler, reference=None if self.dpo.ref_is_frozen else self.dpo.reference,
+        )
+        if loaded is None:
+            return 0, None
+        state, best_weights = loaded
+        for _ in range(state.micro_batches):  # same data order: replay the draws, skip the work
+            next(batches)
+        restore_rng(self.state_dir, self.accelerator)
+        self.loop.global_step = state.global_step
+        history.extend(state.history)
+        stopper.scores = list(state.stopper.get("scores", []))
+        stopper.best_score, stopper.bad_evals = state.stopper.get("best_score"), state.stopper.get("bad_evals", 0)
+        best = None
+        if best_weights is not None:
+            best = self._good = WeightSnapshot(self.dpo.policy, step=state.best_step or 0)
+            best.state = best_weights
+        return state.step, best
 
     __call__ = train
 
@@ -281,3 +348,7 @@ class DPOTrainer:
             "best_step": best.step if best is not None else None,
             **summarize(history),
         }
+
+
+def _stopper_state(stopper: EarlyStopper) -> dict:
+    return {"scores": stopper.scores, "best_score": stopper.best_score, "bad_evals": stopper.bad_evals}

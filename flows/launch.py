@@ -31,7 +31,7 @@ def _train_here(
 ) -> StepRecord:
     log_fn = None
     if tracking_uri and run_id and int(os.environ.get("RANK", "0")) == 0:
-        tracker = Tracker(tracking_uri, config.tracking.experiment)
+        tracker = Tracker.from_config(tracking_uri, config.tracking)
 
         def log_fn(metrics: dict[str, float], step: int) -> None:
             tracker.log_metrics(run_id, metrics, step)

@@ -6,7 +6,9 @@ Python API::
     result = self_rewarding_flow("configs/demo.yaml", output_dir="runs")
 
 Re-running the same run (same run name and config, same output directory) resumes it: finished
-steps are read back from their folders, MLflow runs are reopened, nothing is logged twice.
+steps are read back from their folders, MLflow runs are reopened, nothing is logged twice. Inputs
+are checked before anything is written (`pipeline.preflight`), and one process at a time may work
+on a run directory (`pipeline.runlock`: a second one is refused, a killed one leaves no lock).
 """
 
 import os
@@ -22,7 +24,9 @@ from flows import steps
 from flows.iteration import iteration_flow, record_stage, with_retries
 from flows.launch import run_training
 from pipeline.config import ConfigError, RunConfig, load_config
+from pipeline.preflight import check_inputs
 from pipeline.report import comparison_rows, format_table, plot_comparison, write_json
+from pipeline.runlock import run_lock
 from pipeline.tracking import Tracker, default_tracking_uri, flatten
 
 prepare_data = task(steps.prepare_data, name="prepare-data", cache_policy=NONE, retries=1)
@@ -49,11 +53,17 @@ def self_rewarding_flow(
     """
     if not isinstance(config, RunConfig):
         config = load_config(config, overrides)
-    logger = get_run_logger()
+    check_inputs(config)
     output = Path(output_dir).resolve()
+    with run_lock(output / config.run_name):
+        return _run(config, output)
+
+
+def _run(config: RunConfig, output: Path) -> dict[str, Any]:
+    logger = get_run_logger()
     run_dir = prepare_run_dir(output, config)
     tracking_uri = default_tracking_uri(output)
-    tracker = Tracker(tracking_uri, config.tracking.experiment, artifact_root=output / "mlartifacts")
+    tracker = Tracker.from_config(tracking_uri, config.tracking, artifact_root=output / "mlartifacts")
     parent = tracker.start_pipeline(
         config.run_name, config.model_dump(mode="json"), config.fingerprint(), {"prefect.flow_run_id": str(flow_run.id)}
     )
@@ -65,8 +75,8 @@ def self_rewarding_flow(
             model = _sft_stage(tracker, config, run_dir, parent, model, data, tracking_uri)
         for iteration in range(1, config.iterations + 1):
             model = iteration_flow(config, iteration, str(run_dir), model, data, parent, tracking_uri)
-    except BaseException:
-        tracker.finish(parent, "FAILED")
+    except BaseException as err:
+        tracker.fail(parent, f"{type(err).__name__}: {err}")
         raise
     rows = comparison_rows(tracker.stage_metrics(parent))
     plot = plot_comparison(rows, run_dir / "plots" / "stages.png")
@@ -80,10 +90,14 @@ def self_rewarding_flow(
 
 def _sft_stage(tracker: Tracker, config: RunConfig, run_dir: Path, parent: str, base, data, tracking_uri: str):
     run_id = tracker.stage_run(parent, config.run_name, "sft", {"prefect.flow_run_id": str(flow_run.id)})
-    tracker.log_params(run_id, config.sft.model_dump(mode="json"))
-    model = with_retries(train_sft, config)("sft", config, run_dir, base, data, tracking_uri=tracking_uri, run_id=run_id)
-    evaluation = with_retries(evaluate_sft, config)(config, "sft", run_dir, model, data) if config.eval.enabled else None
-    record_stage(tracker, config, run_dir, parent, run_id, 0, model, evaluation)
+    try:
+        tracker.log_params(run_id, config.sft.model_dump(mode="json"))
+        model = with_retries(train_sft, config)("sft", config, run_dir, base, data, tracking_uri=tracking_uri, run_id=run_id)
+        evaluation = with_retries(evaluate_sft, config)(config, "sft", run_dir, model, data) if config.eval.enabled else None
+        record_stage(tracker, config, run_dir, parent, run_id, 0, model, evaluation)
+    except BaseException as err:
+        tracker.fail(run_id, f"{type(err).__name__}: {err}")
+        raise
     return model
 
 

@@ -7,10 +7,12 @@ a crash) is not complete and is rebuilt. The run directory, not the Prefect data
 source of truth, so resume works the same from the CLI, a deployment or a wiped Prefect home.
 """
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,35 @@ from pydantic import BaseModel
 MANIFEST = "manifest.json"
 # Fault injection for resume tests: `SELFREWARD_FAIL_STEP=iter-2/dpo` fails that step before it runs.
 FAIL_STEP_ENV = "SELFREWARD_FAIL_STEP"
+# Crash tests: `SELFREWARD_PAUSE_STEP=iter-1/candidates` makes that step stop just before it publishes
+# (outputs and manifest written to its temp folder), write $SELFREWARD_PAUSE_MARKER (JSON with the
+# pid) and wait while that file exists, so a test can SIGKILL the run at a known point, or delete
+# the marker to let it go on. `iter-1/dpo@2` pauses DPO training after optimizer step 2.
+PAUSE_STEP_ENV = "SELFREWARD_PAUSE_STEP"
+PAUSE_MARKER_ENV = "SELFREWARD_PAUSE_MARKER"
+_PAUSE_LIMIT_SECONDS = 600
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 class InjectedFault(RuntimeError):
     """Raised by a step named in $SELFREWARD_FAIL_STEP (tests of resume and retries)."""
+
+
+class DiskFullError(RuntimeError):
+    """A step could not write its outputs: no space left (or a file size limit) on the device."""
+
+
+def pause_point(name: str, default_marker: Path) -> None:
+    """Pause here when $SELFREWARD_PAUSE_STEP names this point (see PAUSE_STEP_ENV)."""
+    if os.environ.get(PAUSE_STEP_ENV) != name or int(os.environ.get("RANK", "0")) != 0:
+        return
+    marker = Path(os.environ.get(PAUSE_MARKER_ENV) or default_marker / ".paused")
+    tmp = marker.with_name(f".{marker.name}.tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "point": name}), encoding="utf-8")
+    os.replace(tmp, marker)  # the test never reads a half-written marker
+    deadline = time.monotonic() + _PAUSE_LIMIT_SECONDS
+    while marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class StepRecord(BaseModel):
@@ -67,6 +94,13 @@ def finished(path: Path, step_fingerprint: str) -> StepRecord | None:
     return record if record.fingerprint == step_fingerprint else None
 
 
+def _is_disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError):
+        return err.errno in _DISK_FULL
+    # safetensors (Rust) reports I/O errors as SafetensorError("... (os error 28)").
+    return any(f"(os error {code})" in str(err) for code in _DISK_FULL)
+
+
 def run_step(
     step: str, path: Path, step_fingerprint: str, build: Callable[[Path], dict[str, Any]]
 ) -> tuple[StepRecord, bool]:
@@ -78,6 +112,10 @@ def run_step(
 
     Returns:
         The step's record and whether it was computed now (False: reused from disk).
+
+    Raises:
+        DiskFullError: the outputs did not fit on the device (the temp folder is removed, an older
+            folder at `path` is left as it was).
     """
     done = finished(path, step_fingerprint)
     if done is not None:
@@ -96,12 +134,23 @@ def run_step(
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a crashed attempt's leftovers
     path.parent.mkdir(parents=True, exist_ok=True)
-    summary = build(tmp)
-    tmp.mkdir(exist_ok=True)
-    record = StepRecord(
-        step=step, path=str(path.resolve()), fingerprint=step_fingerprint, files=_hash_tree(tmp), summary=summary
-    )
-    _write_json_durably(tmp / MANIFEST, record.model_dump())
+    try:
+        summary = build(tmp)
+        tmp.mkdir(exist_ok=True)
+        record = StepRecord(
+            step=step, path=str(path.resolve()), fingerprint=step_fingerprint, files=_hash_tree(tmp), summary=summary
+        )
+        _write_json_durably(tmp / MANIFEST, record.model_dump())
+    except Exception as err:
+        if not _is_disk_full(err):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; earlier steps stay as they are
+        raise DiskFullError(
+            f"step {path.parent.name}/{step} could not write its outputs under {path.parent}: {err}. "
+            f"Free some space there and run the same command again: finished steps are kept and this "
+            f"one restarts"
+        ) from err
+    pause_point(f"{path.parent.name}/{step}", path.parent)
     stale = path.with_name(f".{path.name}.old")
     if path.exists():  # an unfinished or outdated folder: move it aside, publish, then delete it
         shutil.rmtree(stale, ignore_errors=True)

@@ -7,6 +7,7 @@ never recomputed and an interrupted one restarts from a clean folder. The Prefec
 """
 
 import json
+import os
 import random
 import shutil
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import Any
 import dpo
 import generation
 import judging
-from flows.stepdir import StepRecord, fingerprint, run_step
+from flows.stepdir import StepRecord, fingerprint, pause_point, run_step
 from pipeline import demo_task
 from pipeline.config import DPOConfig, RunConfig, SamplingConfig
 from pipeline.evaluation import evaluate_model
@@ -298,8 +299,9 @@ def judge_candidates(config: RunConfig, iteration: int, run_dir: Path, model: St
 def build_pairs(
     config: RunConfig, iteration: int, run_dir: Path, candidates: StepRecord, judgments: StepRecord
 ) -> StepRecord:
-    """Best-vs-worst preference pairs (ties dropped) streamed into the DPO memmaps."""
+    """One preference pair per prompt by `pairs.strategy` (ties dropped), streamed into the DPO memmaps."""
     cfg = config.iteration_config(iteration)
+    seed = _step_seed(config, iteration, 5)
 
     def build(tmp: Path) -> dict[str, Any]:
         cand_rows = _read_jsonl(Path(candidates.path) / "candidates.jsonl")
@@ -313,19 +315,37 @@ def build_pairs(
             max_len=cfg.dpo.max_len,
             strategy=cfg.pairs.strategy,
             rho=cfg.pairs.rho,
+            seed=seed,
         )
         return result.summary()
 
-    step_fp = fingerprint("pairs", cfg.pairs.model_dump(), cfg.dpo.max_len, candidates.fingerprint, judgments.fingerprint)
+    step_fp = fingerprint("pairs", cfg.pairs.model_dump(), cfg.dpo.max_len, candidates.fingerprint, judgments.fingerprint, seed)
     return run_step("pairs", _iter_dir(run_dir, iteration) / "pairs", step_fp, build)[0]
 
 
 def train_dpo(
     config: RunConfig, iteration: int, run_dir: Path, model: StepRecord, pairs: StepRecord, log_fn: LogFn | None = None
 ) -> StepRecord:
-    """DPO on this iteration's pairs: the policy starts at M_t and the reference is reset to M_t."""
+    """DPO on this iteration's pairs: the policy starts at M_t and the reference is reset to M_t.
+
+    With `dpo.checkpoint_every`, the training state is saved in `<iter>/.dpo-state/<fingerprint>/`
+    (beside the step's temp folder, so restarting the step keeps it) and a killed step resumes from
+    it; the folder is deleted once the step has published its checkpoint.
+
+    Raises:
+        dpo.NonFiniteLossError: the loss became NaN/inf; the run stops (nothing is published for
+            this step, M_t stays the latest model).
+    """
     cfg: DPOConfig = config.iteration_config(iteration).dpo
     seed = _step_seed(config, iteration, 4)
+    iter_dir = _iter_dir(run_dir, iteration)
+    step_fp = fingerprint("dpo", cfg.model_dump(), model.fingerprint, pairs.fingerprint, seed)
+    state_root = iter_dir / ".dpo-state"
+
+    def on_step(metrics: dict[str, float], step: int) -> None:
+        if log_fn is not None:
+            log_fn(metrics, step)
+        pause_point(f"{iter_dir.name}/dpo@{step}", iter_dir)
 
     def build(tmp: Path) -> dict[str, Any]:
         policy, tokenizer = load_for_training(config, model)
@@ -333,6 +353,10 @@ def train_dpo(
             # Every prompt tied or failed to parse: nothing to learn from, M_{t+1} = M_t.
             _save_model(policy, tokenizer, tmp / MODEL_DIR)
             return {"skipped": "no preference pairs", "steps": 0}
+        if _is_main_rank():
+            for stale in state_root.glob("*"):  # states of other inputs (and temp folders) are never resumed
+                if stale.name != step_fp:
+                    shutil.rmtree(stale, ignore_errors=True)
         model_with_ref = dpo.DPO(
             policy,
             beta=cfg.beta,
@@ -345,16 +369,31 @@ def train_dpo(
             model_with_ref,
             dataset_generator=lambda: dpo.DPODataset(pairs.path, vocab_size=len(tokenizer)),
             precompute_ref_logps=cfg.precompute_ref_logps,
-            log_fn=log_fn,
+            log_fn=on_step,
             seed=seed,
+            checkpoint_every=cfg.checkpoint_every,
+            state_dir=state_root / step_fp,
             **_optim_kwargs(cfg),
         )
-        summary = trainer.train()  # calls the generator, then resets the reference to the policy (M_t)
+        try:
+            summary = trainer.train()  # calls the generator, then resets the reference to the policy (M_t)
+        except dpo.NonFiniteLossError as err:
+            raise dpo.NonFiniteLossError(
+                f"{iter_dir.name} DPO: {err}. The run stops here: nothing is published for this step and "
+                f"M_{iteration} stays the latest model; lower iteration.dpo.start_learning_rate (or beta) "
+                f"and start a new run"
+            ) from err
         _save_model(policy, tokenizer, tmp / MODEL_DIR)
         return _scalars(summary)
 
-    step_fp = fingerprint("dpo", cfg.model_dump(), model.fingerprint, pairs.fingerprint, seed)
-    return run_step("dpo", _iter_dir(run_dir, iteration) / "checkpoint", step_fp, build)[0]
+    record = run_step("dpo", iter_dir / "checkpoint", step_fp, build)[0]
+    if _is_main_rank():
+        shutil.rmtree(state_root, ignore_errors=True)  # the published checkpoint supersedes it
+    return record
+
+
+def _is_main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 # ---------------------------------------------------------------- evaluation

@@ -1,5 +1,6 @@
 """From judged candidates to a preference dataset folder in one call (the pipeline's pairs step)."""
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ def build_preference_pairs(
     require_finished: bool = False,
     on_overflow: OverflowPolicy = "truncate",
     overwrite: bool = False,
+    seed: int = 0,
 ) -> PairBuildSummary:
     """Select one pair per prompt and stream the pairs into a new preference dataset folder.
 
@@ -76,6 +78,8 @@ def build_preference_pairs(
             does), so a truncated answer is never chosen or rejected.
         on_overflow: what the writer does with rows longer than `max_len` ("truncate" or "skip").
         overwrite: replace an existing dataset folder.
+        seed: seeds the one generator that randomized strategies (`random`) draw from, prompt by
+            prompt in order, so the same inputs and seed give the same dataset.
 
     Returns:
         The folder and per-prompt statistics; `stats.pairs` may be 0 (the folder is then a valid
@@ -90,12 +94,13 @@ def build_preference_pairs(
         raise ValueError(f"prompts ({len(prompts)}), prompt_ids ({len(prompt_ids)}), candidates "
                          f"({len(candidates)}) and judgments ({len(judgments)}) must have one entry per prompt")
     stats = PairStats()
+    rng = random.Random(seed)
     with PreferenceWriter(folder, max_len, overwrite=overwrite, on_overflow=on_overflow) as writer:
         for i, (prompt, ids, cands, verdicts) in enumerate(zip(prompts, prompt_ids, candidates, judgments)):
             if len(cands) != len(verdicts):
                 raise ValueError(f"prompt {i}: {len(cands)} candidates but {len(verdicts)} judgments")
             scores = [v.score if (c.finished or not require_finished) else None for c, v in zip(cands, verdicts)]
-            choice = select_pair(scores, [len(c.token_ids) for c in cands], strategy, rho)
+            choice = select_pair(scores, [len(c.token_ids) for c in cands], strategy, rho, rng)
             if isinstance(choice, PairChoice):
                 reason = writer.add(ids, cands[choice.chosen].token_ids, cands[choice.rejected].token_ids,
                                     choice.chosen_score, choice.rejected_score,

@@ -10,14 +10,19 @@ Strategies live in `PAIR_STRATEGIES`:
   rejected the LONGEST in the bottom tier. `rho = 0` keeps only the extreme scores (and still
   prefers short chosen / long rejected among them); larger `rho` trades score margin for a
   stronger push against length.
+- `random` (a control, not a training method): two distinct scored candidates drawn with the
+  caller's `rng`, in random order, whatever their scores. It skips exactly the prompts `max_min`
+  skips (too few scored, tie), so a control run trains on the same number of pairs with the judge's
+  ordering removed: what it gains over SFT is what DPO on unranked self-samples gives by itself.
 
 A prompt is skipped, never aborting its batch (seed pitfall B13 used `break`), when fewer than two
-candidates have a score, when best and worst tie, or when the picked chosen does not score strictly
-above the picked rejected (possible once the tiers overlap, `rho > 0.5`). `select_pair` returns a
+candidates have a score, when best and worst tie, or when a score-ordered strategy's chosen does
+not score strictly above its rejected (possible once the tiers overlap, `rho > 0.5`). `select_pair` returns a
 falsy `PairSkip` naming the reason, and `PairStats` counts it.
 """
 
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -33,7 +38,7 @@ __all__ = [
     "select_pair",
 ]
 
-PairStrategy = Literal["max_min", "length_control"]
+PairStrategy = Literal["max_min", "length_control", "random"]
 # Selection reasons come from select_pair; the writer adds the ones about token sequences.
 SkipReason = Literal[
     "too_few_scored", "tie", "no_margin", "too_long", "prompt_too_long", "identical", "empty_response"
@@ -41,7 +46,7 @@ SkipReason = Literal[
 
 
 class PairSelectionError(ValueError):
-    """Invalid arguments to `select_pair` (unknown strategy, rho out of range, length mismatch)."""
+    """Invalid arguments to `select_pair` (unknown strategy, rho out of range, length mismatch, no rng)."""
 
 
 @dataclass(frozen=True)
@@ -72,14 +77,18 @@ class _Scored(NamedTuple):
     length: int
 
 
-def _max_min(scored: list[_Scored], s_max: float, s_min: float, rho: float) -> tuple[_Scored, _Scored]:
-    # rho is unused: the paper's rule takes the extremes; first index among equal scores.
+def _max_min(
+    scored: list[_Scored], s_max: float, s_min: float, rho: float, rng: random.Random | None
+) -> tuple[_Scored, _Scored]:
+    # rho and rng are unused: the paper's rule takes the extremes; first index among equal scores.
     chosen = next(c for c in scored if c.score == s_max)
     rejected = next(c for c in scored if c.score == s_min)
     return chosen, rejected
 
 
-def _length_control(scored: list[_Scored], s_max: float, s_min: float, rho: float) -> tuple[_Scored, _Scored]:
+def _length_control(
+    scored: list[_Scored], s_max: float, s_min: float, rho: float, rng: random.Random | None
+) -> tuple[_Scored, _Scored] | PairSkip:
     # A tiny tolerance so that float rounding in the tier bounds never drops a boundary score.
     eps = 1e-9 * max(1.0, abs(s_max), abs(s_min))
     top_floor = (1 - rho) * s_max + rho * s_min
@@ -89,13 +98,27 @@ def _length_control(scored: list[_Scored], s_max: float, s_min: float, rho: floa
     # Ties: shortest chosen, then higher score, then first index; longest rejected, then lower score.
     chosen = min(top, key=lambda c: (c.length, -c.score, c.index))
     rejected = min(bottom, key=lambda c: (-c.length, c.score, c.index))
+    if not chosen.score > rejected.score:
+        return PairSkip("no_margin")
     return chosen, rejected
 
 
-PAIR_STRATEGIES: dict[str, Callable[[list[_Scored], float, float, float], tuple[_Scored, _Scored]]] = {
+def _random(
+    scored: list[_Scored], s_max: float, s_min: float, rho: float, rng: random.Random | None
+) -> tuple[_Scored, _Scored]:
+    # `sample` draws two distinct candidates in random order: the scores decide nothing here.
+    chosen, rejected = rng.sample(scored, 2)
+    return chosen, rejected
+
+
+_StrategyFn = Callable[[list[_Scored], float, float, float, random.Random | None], tuple[_Scored, _Scored] | PairSkip]
+PAIR_STRATEGIES: dict[str, _StrategyFn] = {
     "max_min": _max_min,
     "length_control": _length_control,
+    "random": _random,
 }
+# Strategies that draw from the caller's generator (so the caller controls reproducibility).
+_NEEDS_RNG = frozenset({"random"})
 
 
 def select_pair(
@@ -103,6 +126,7 @@ def select_pair(
     lengths: Sequence[int],
     strategy: PairStrategy = "max_min",
     rho: float = 0.0,
+    rng: random.Random | None = None,
 ) -> PairChoice | PairSkip:
     """Pick the (chosen, rejected) candidates of one prompt.
 
@@ -110,16 +134,22 @@ def select_pair(
         scores: one score per candidate; None (or NaN) means unscored and is ignored.
         lengths: one length per candidate (response tokens), used by `length_control` and stats.
         strategy: a key of `PAIR_STRATEGIES`.
-        rho: tier width for `length_control`, in [0, 1]; ignored by `max_min`.
+        rho: tier width for `length_control`, in [0, 1]; ignored by the others.
+        rng: the generator `random` draws from; one per dataset, shared by its prompts, so a seed
+            reproduces the whole dataset. Ignored by the score-ordered strategies.
 
     Returns:
         A `PairChoice`, or a falsy `PairSkip` with reason "too_few_scored", "tie" or "no_margin".
+        With `random`, `chosen_score` may be below `rejected_score`.
 
     Raises:
-        PairSelectionError: unknown strategy, rho outside [0, 1], or scores/lengths of different lengths.
+        PairSelectionError: unknown strategy, rho outside [0, 1], scores/lengths of different
+            lengths, or `random` without an `rng`.
     """
     if strategy not in PAIR_STRATEGIES:
         raise PairSelectionError(f"pair strategy {strategy!r} is unknown; expected one of {sorted(PAIR_STRATEGIES)}")
+    if strategy in _NEEDS_RNG and not isinstance(rng, random.Random):
+        raise PairSelectionError(f"pair strategy {strategy!r} needs rng=random.Random(seed), got {rng!r}")
     if not (isinstance(rho, int | float) and 0.0 <= rho <= 1.0):
         raise PairSelectionError(f"rho must be a number in [0, 1], got {rho!r}")
     if len(scores) != len(lengths):
@@ -135,9 +165,10 @@ def select_pair(
     s_min = min(c.score for c in scored)
     if s_max == s_min:
         return PairSkip("tie")
-    chosen, rejected = PAIR_STRATEGIES[strategy](scored, s_max, s_min, float(rho))
-    if not chosen.score > rejected.score:
-        return PairSkip("no_margin")
+    picked = PAIR_STRATEGIES[strategy](scored, s_max, s_min, float(rho), rng)
+    if isinstance(picked, PairSkip):
+        return picked
+    chosen, rejected = picked
     return PairChoice(chosen.index, rejected.index, chosen.score, rejected.score, chosen.length, rejected.length)
 
 

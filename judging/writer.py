@@ -127,7 +127,7 @@ class PreferenceWriter:
 
     def abort(self) -> None:
         """Discard everything written so far; `folder` is left untouched."""
-        self._close_files()
+        self._close_files(strict=False)
         shutil.rmtree(self.temp_folder, ignore_errors=True)
         _ACTIVE_TEMPS.discard(self.temp_folder)
 
@@ -252,10 +252,14 @@ class PreferenceWriter:
             return  # an empty directory holds nothing to lose
         raise WriterError(f"{self.folder}: already exists and is not empty; pass overwrite=True to replace it")
 
-    def _close_files(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files = {}
+    def _close_files(self, strict: bool = True) -> None:
+        files, self._files = self._files, {}
+        for f in files.values():
+            try:
+                f.close()
+            except OSError:
+                if strict:  # aborting: a full disk also fails the final flush; clean up anyway
+                    raise
 
 
 _OVERFLOW: dict[str, Callable[[int], str]] = {
@@ -279,6 +283,7 @@ def _raw_to_npy(raw: Path, npy: Path, dtype: type, shape: tuple[int, ...], width
     """Copy a raw row file into an `.npy` memmap in chunks (trimming the last axis to `width`)."""
     out_shape = shape[:-1] + (width,) if width is not None else shape
     dst = open_memmap(npy, mode="w+", dtype=dtype, shape=out_shape)
+    _preallocate(npy)
     n = shape[0]
     if n:
         src = np.memmap(raw, dtype=dtype, mode="r", shape=shape)
@@ -289,6 +294,16 @@ def _raw_to_npy(raw: Path, npy: Path, dtype: type, shape: tuple[int, ...], width
         del src
     dst.flush()
     del dst
+
+
+def _preallocate(path: Path) -> None:
+    """Reserve the file's blocks now: on a full disk this raises ENOSPC, whereas writing pages of
+    a sparse memmap would kill the process with SIGBUS."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, max(1, os.fstat(fd).st_size))
+    finally:
+        os.close(fd)
 
 
 def _fsync_path(path: Path) -> None:

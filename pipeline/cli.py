@@ -4,8 +4,10 @@
     selfreward compare [RUN_NAME] [--output DIR] [--json]
     selfreward ui [--output DIR] [--port PORT]
 
-A mistake in the input (config, data, model directory, judge template) prints one clear message
-and exits with code 2; nothing is half-written.
+A mistake in the input (config, data, model directory, judge template) or a run directory that
+another run holds prints one clear message and exits with code 2; nothing is written. A run that
+fails for another known reason (MLflow unreachable, disk full, non-finite loss) prints its message
+and exits with code 1; running the same command again resumes it.
 """
 
 import argparse
@@ -28,6 +30,7 @@ OFFLINE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 EXIT_USAGE = 2
+EXIT_FAILED = 1
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -36,18 +39,38 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from generation import PromptFileError
     from judging import RewardFunctionError, TemplateError
     from pipeline.models import ModelLoadError
+    from pipeline.runlock import RunLockedError
 
-    return ConfigError, PreferenceDataError, PromptFileError, RewardFunctionError, TemplateError, ModelLoadError
+    return (ConfigError, PreferenceDataError, PromptFileError, RewardFunctionError, TemplateError, ModelLoadError,
+            RunLockedError)
 
 
-def _fail(message: str) -> int:
+def _run_failures() -> tuple[type[Exception], ...]:
+    """Failures that carry a complete message: printed without a traceback, exit code 1."""
+    from dpo import NonFiniteLossError
+    from flows.stepdir import DiskFullError
+    from pipeline.tracking import TrackingUnavailableError
+
+    return NonFiniteLossError, DiskFullError, TrackingUnavailableError
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
     print(f"selfreward: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return code
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.preflight import check_inputs
+    from pipeline.runlock import run_lock
+
     config = load_config(args.config, args.overrides)  # fails fast, before the heavy imports
+    check_inputs(config)  # data files, judge templates, reward functions, model directory
     output = Path(args.output).resolve()
+    with run_lock(output / config.run_name):  # before Prefect starts: a second run is refused at once
+        return _run(config, output)
+
+
+def _run(config, output: Path) -> int:
     if "PREFECT_API_URL" not in os.environ:
         # Ephemeral Prefect keeps its database with the run, so `selfreward ui` can show it later.
         os.environ.setdefault("PREFECT_HOME", str(output / "prefect"))
@@ -86,14 +109,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def ui_command(output: Path, port: int) -> list[str]:
+    """The `mlflow server` command of `selfreward ui`: bound to loopback, never a public interface."""
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    return [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{output / 'mlflow.db'}", "--artifacts-destination",
+            str(output / "mlartifacts")]
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     output = Path(args.output).resolve()
     db = output / "mlflow.db"
     if not db.is_file():
         return _fail(f"no MLflow store in {output} (expected {db}); run `selfreward run` first")
-    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    command = [mlflow, "server", "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(output / "mlartifacts")]
+    command = ui_command(output, args.port)
     print(f"MLflow UI: http://127.0.0.1:{args.port}  (Ctrl-C to stop)")
     print(f"Prefect UI: PREFECT_HOME={output / 'prefect'} prefect server start --host 127.0.0.1")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -139,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if isinstance(err, _user_errors()):
             return _fail(str(err))
+        if isinstance(err, _run_failures()):
+            return _fail(str(err), EXIT_FAILED)
         raise
 
 

@@ -138,6 +138,9 @@ class DPOConfig(OptimConfig):
     nll_weight: float = Field(0.0, ge=0, description="weight of an NLL term on chosen responses (RPO)")
     reduction: Literal["sum", "mean"] = Field("sum", description="log-probs summed (DPO paper) or averaged over tokens")
     precompute_ref_logps: bool = Field(True, description="reference log-probs once per round instead of every step")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="save the training state every N steps so a killed DPO step resumes mid-round (None: off)"
+    )
     start_learning_rate: float = Field(1e-4, gt=0)
     end_learning_rate: float = Field(1e-5, ge=0)
 
@@ -169,6 +172,8 @@ class TrackingConfig(_Section):
     experiment: str = Field("selfreward", description="MLflow experiment")
     registered_model: str | None = Field(None, description="model registry name; default '<run_name>-policy'")
     log_checkpoints: bool = Field(True, description="copy each checkpoint into MLflow and register it")
+    retries: int = Field(5, ge=0, description="retries of an MLflow call that failed to connect, with back-off")
+    retry_backoff_seconds: float = Field(2.0, ge=0, description="first back-off; doubles per retry, at most 30 s")
 
 
 class RunConfig(_Section):

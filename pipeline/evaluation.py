@@ -1,7 +1,8 @@
 """Held-out evaluation of a stage's model.
 
 For the built-in demo task the ground-truth checker scores greedy answers (`gt_score`,
-`gt_success`) and measures how often the model's own judge orders two responses as the checker
+`gt_success`), and sampled answers at the candidates' temperature (`gt_score_sampled`: the
+distribution the loop samples from, which moves before the greedy answer does) and measures how often the model's own judge orders two responses as the checker
 does (`judge_pairwise_accuracy`, the paper's reward-model accuracy). This is the only place the
 checker is used: training rewards come from the model's judgments alone. For other data the
 model's own judge scores its greedy answers (`self_judge_score`).
@@ -16,6 +17,9 @@ import generation
 import judging
 from pipeline import demo_task
 from pipeline.config import RunConfig
+
+# Sampled answers per held-out prompt for `gt_score_sampled` (short answers: cheap next to judging).
+SAMPLES_PER_PROMPT = 4
 
 
 def _eval_prompts(data_dir: Path) -> list[str]:
@@ -48,6 +52,7 @@ def evaluate_model(model, tokenizer, config: RunConfig, data_dir: Path) -> tuple
     template = judging.load_template(config.iteration.judge.template)
     if config.data.task == "demo_rules":
         metrics = demo_task.evaluate_responses(prompts, answers)
+        metrics["gt_score_sampled"] = _sampled_gt_score(model, tokenizer, config, prompts, ids)
         if config.eval.num_judge_pairs:
             metrics["judge_pairwise_accuracy"] = _judge_accuracy(model, tokenizer, config, prompts, template)
         return metrics, samples
@@ -61,6 +66,18 @@ def evaluate_model(model, tokenizer, config: RunConfig, data_dir: Path) -> tuple
         "mean_response_length": sum(len(a) for a in answers) / len(answers),
     }
     return metrics, samples
+
+
+def _sampled_gt_score(model, tokenizer, config: RunConfig, prompts: list[str], ids: list[list[int]]) -> float:
+    """Mean ground-truth score of answers sampled as the iterations sample their candidates."""
+    s = config.iteration.candidates.sampling
+    params = generation.SamplingParams(
+        max_new_tokens=config.eval.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+        batch_size=s.batch_size, seed=config.seed,
+    )
+    outputs = generation.generate(model, tokenizer, ids, params, num_samples=SAMPLES_PER_PROMPT)
+    flat_prompts = [p for p, outs in zip(prompts, outputs) for _ in outs]
+    return demo_task.evaluate_responses(flat_prompts, [c.text for outs in outputs for c in outs])["gt_score"]
 
 
 def _judge_accuracy(model, tokenizer, config: RunConfig, prompts: list[str], template) -> float:

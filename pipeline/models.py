@@ -58,8 +58,9 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
 }
 
-# Any of these in a model directory means weights are present (single file, sharded, or legacy .bin).
-_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "*.bin.index.json")
+# Weights are loaded from safetensors only: pickle-based `.bin` checkpoints can run code when loaded.
+_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+_PICKLE_PATTERNS = ("pytorch_model*.bin", "*.bin.index.json", "*.pt", "*.pth", "*.ckpt")
 
 
 def select_device(pref: str = "auto") -> torch.device:
@@ -239,10 +240,27 @@ def _check_model_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"'{path}' is not a Hugging Face model directory: config.json is missing")
     if not any(any(path.glob(pattern)) for pattern in _WEIGHT_PATTERNS):
+        if any(any(path.glob(pattern)) for pattern in _PICKLE_PATTERNS):
+            raise ModelLoadError(
+                f"model directory '{path}' has only pickle-based weights (.bin/.pt); they are never loaded "
+                "because unpickling can run code. Convert them to safetensors (e.g. load once in a trusted "
+                "session and `save_pretrained(..., safe_serialization=True)`)"
+            )
         raise ModelLoadError(
-            f"model directory '{path}' has no weights (expected *.safetensors or pytorch_model*.bin); "
+            f"model directory '{path}' has no weights (expected *.safetensors); "
             "the download or save may be incomplete"
         )
+
+
+def check_model_dir(path: str | os.PathLike) -> None:
+    """Check a model directory without loading its weights: config, safetensors weights and a
+    tokenizer with an EOS token (seconds faster than `load_model_and_tokenizer`).
+
+    Raises:
+        ModelLoadError: naming the directory and what is missing.
+    """
+    _check_model_dir(Path(path))
+    _load_tokenizer(Path(path))
 
 
 def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
@@ -283,7 +301,9 @@ def load_model_and_tokenizer(
     torch_dtype = select_dtype(dtype, torch_device)
     tokenizer = _load_tokenizer(model_dir)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), local_files_only=True, dtype=torch_dtype, use_safetensors=True
+        )
     except (OSError, ValueError, KeyError) as err:
         raise ModelLoadError(f"could not load a causal LM from '{model_dir}': {err}") from err
     vocab = model.get_input_embeddings().num_embeddings

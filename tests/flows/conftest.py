@@ -1,5 +1,5 @@
-"""Flow tests run real Prefect flows on a temporary database (one harness per session) and a real
-MLflow sqlite store per test."""
+"""Flow tests run real Prefect flows on a temporary database (one harness per session, `prefect_harness`
+in tests/conftest.py) and a real MLflow sqlite store per test."""
 
 import pytest
 
@@ -24,16 +24,6 @@ TINY = [
 
 def tiny_config(*extra: str) -> RunConfig:
     return load_config(None, TINY + list(extra))
-
-
-@pytest.fixture(scope="session")
-def prefect_harness(tmp_path_factory):
-    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results")}):
-        with prefect_test_harness(server_startup_timeout=90):
-            yield
 
 
 @pytest.fixture

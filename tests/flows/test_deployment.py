@@ -3,12 +3,7 @@ of the repo's prefect.yaml, a process worker, and `prefect deployment run --watc
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,50 +11,10 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.tracking import Tracker
 from tests.flows.conftest import TINY
+from tests.servers import BIN, free_port, start, stop, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"{url} not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Terminate a server and its children; a Prefect worker ignores the first SIGTERM, so escalate."""
-    if proc.poll() is not None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=10)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
-            return
-
-
-def start(command: list[str], log: Path, env: dict, cwd: Path | None = None) -> subprocess.Popen:
-    return subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                            start_new_session=True)
 
 
 @pytest.fixture(scope="module")

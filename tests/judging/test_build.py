@@ -106,3 +106,28 @@ def test_end_to_end_with_the_tiny_model(tiny, tmp_path):
         chosen = candidates[p][rec["chosen_index"]].token_ids
         assert ds[i]["chosen"][: len(prompt_ids[p]) + len(chosen)].tolist() == prompt_ids[p] + chosen
         assert rec["chosen_score"] > rec["rejected_score"]
+
+
+def test_random_control_keeps_max_min_volume_and_is_seeded(tmp_path):
+    """The `random` control writes a pair for exactly the prompts `max_min` does (distinct token
+    sequences here, so no writer skips), and the seed alone decides which pairs."""
+    scores = [[3, 5, 1, 4], [2, 2, 2, 2], [1, None, 4, 0], [5, 4, 3, 2], [0, 1, 0, 1]] * 4
+    candidates = [[cand([10 + 4 * i + j]) for j in range(4)] for i in range(len(scores))]
+    judgments = [[verdict(s) for s in row] for row in scores]
+    prompts, prompt_ids = [f"p{i}" for i in range(len(scores))], [[1]] * len(scores)
+
+    def build(name, strategy, seed=0):
+        return build_preference_pairs(tmp_path / name, prompts, prompt_ids, candidates, judgments, max_len=8,
+                                      strategy=strategy, seed=seed)
+
+    ref, a, b, c = build("mm", "max_min"), build("a", "random", 1), build("b", "random", 1), build("c", "random", 2)
+    assert a.num_pairs == ref.num_pairs == 16 and a.stats.skipped == ref.stats.skipped == {"tie": 4}
+
+    def picks(summary):
+        records = map(json.loads, (summary.folder / PAIRS_FILE).read_text().splitlines())
+        return [(int(r["prompt"][1:]), r["chosen_index"], r["rejected_index"]) for r in records]
+
+    assert picks(a) == picks(b) and picks(a) != picks(c)
+    assert [p for p, _, _ in picks(a)] == [p for p, _, _ in picks(ref)]  # the same prompts
+    # The judge's order is ignored: some "chosen" responses scored below their "rejected".
+    assert any(scores[p][ch] < scores[p][rj] for p, ch, rj in picks(a))

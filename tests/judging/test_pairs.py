@@ -1,6 +1,8 @@
 """Pair selection: the paper's best-vs-worst, Meta-Rewarding length control, skips and their counts."""
 
 import math
+import random
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -10,7 +12,7 @@ from judging import PAIR_STRATEGIES, PairChoice, PairSelectionError, PairSkip, P
 
 
 def test_strategies_registered():
-    assert set(PAIR_STRATEGIES) == {"max_min", "length_control"}
+    assert set(PAIR_STRATEGIES) == {"max_min", "length_control", "random"}
 
 
 # ---------------------------------------------------------------- max_min
@@ -41,7 +43,7 @@ def test_tie_is_skipped(scores):
 @pytest.mark.parametrize("scores", [[], [4.0], [None, 4.0], [None, None, None], [float("nan"), 1.0]])
 def test_too_few_scored(scores):
     for strategy in PAIR_STRATEGIES:
-        assert select_pair(scores, [1] * len(scores), strategy) == PairSkip("too_few_scored")
+        assert select_pair(scores, [1] * len(scores), strategy, rng=random.Random(0)) == PairSkip("too_few_scored")
 
 
 # ---------------------------------------------------------------- length control
@@ -150,6 +152,61 @@ def test_invalid_arguments(kwargs, message):
     args = {"scores": [1, 2], "lengths": [3, 4], **kwargs}
     with pytest.raises(PairSelectionError, match=message):
         select_pair(**args)
+
+
+# ---------------------------------------------------------------- random (control)
+
+
+_SCORES = st.lists(st.one_of(st.none(), st.integers(0, 5).map(float)), min_size=0, max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(scores=_SCORES, seed=st.integers(0, 2**31))
+def test_random_skips_exactly_what_max_min_skips(scores, seed):
+    lengths = list(range(1, len(scores) + 1))
+    rand = select_pair(scores, lengths, "random", rng=random.Random(seed))
+    ref = select_pair(scores, lengths, "max_min")
+    assert bool(rand) == bool(ref)
+    if not ref:
+        assert rand == ref  # same skip reason
+    else:
+        scored = {i for i, s in enumerate(scores) if s is not None}
+        assert rand.chosen != rand.rejected and {rand.chosen, rand.rejected} <= scored
+        assert (rand.chosen_score, rand.rejected_score) == (scores[rand.chosen], scores[rand.rejected])
+        assert (rand.chosen_length, rand.rejected_length) == (lengths[rand.chosen], lengths[rand.rejected])
+
+
+def test_random_is_uniform_over_ordered_pairs_whatever_the_scores():
+    """Scores 5, 1, None, 3: the 3 scored candidates give 6 ordered pairs, each drawn ~1/6 of the
+    time, so the 'chosen' scores lower than the 'rejected' half the time."""
+    rng = random.Random(1234)
+    draws = 6000
+    counts = Counter()
+    for _ in range(draws):
+        choice = select_pair([5, 1, None, 3], [4, 5, 6, 7], "random", rng=rng)
+        counts[(choice.chosen, choice.rejected)] += 1
+    assert set(counts) == {(a, b) for a in (0, 1, 3) for b in (0, 1, 3) if a != b}
+    # Binomial(6000, 1/6): sd ~ 29, so +-150 is > 5 sd.
+    assert all(abs(n - draws / 6) < 150 for n in counts.values()), counts
+    inverted = sum(n for (a, b), n in counts.items() if [5, 1, None, 3][a] < [5, 1, None, 3][b])
+    assert abs(inverted - draws / 2) < 250
+
+
+def test_random_is_reproducible_from_the_seed():
+    batch = [([5, 1, 3, 2], [1, 2, 3, 4]), ([2, 2], [1, 1]), ([0, 4, 1], [3, 2, 1])] * 20
+
+    def run(seed):
+        rng = random.Random(seed)
+        return [select_pair(s, n, "random", rng=rng) for s, n in batch]
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+@pytest.mark.parametrize("rng", [None, 7])
+def test_random_needs_a_generator(rng):
+    with pytest.raises(PairSelectionError, match="needs rng=random.Random"):
+        select_pair([1, 2], [3, 4], "random", rng=rng)
 
 
 # ---------------------------------------------------------------- stats
