@@ -26,14 +26,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-# Offline hygiene, the same as the Makefile's (scripts can run without make).
+if str(ROOT) not in sys.path:  # the project packages, when the editable install is missing
+    sys.path.insert(1, str(ROOT))
+
+from pipeline.cli import OFFLINE_ENV as _CLI_ENV  # noqa: E402  (light: config only, no torch)
+
+# The CLI's offline hygiene, plus what only benchmarks need (scripts can run without make).
 OFFLINE_ENV = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    "HF_HUB_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
+    **_CLI_ENV,
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     # Must be set before torch loads OpenMP. With libgomp's default (active spin-wait), 2 torch threads
     # on 2 cores shared with other jobs ran 3-9x slower than 1 thread in our measurements and run-to-run
@@ -44,8 +44,6 @@ OFFLINE_ENV = {
 }
 for _key, _value in OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
-if str(ROOT) not in sys.path:  # the project packages, when the editable install is missing
-    sys.path.insert(1, str(ROOT))
 
 
 # ---------------------------------------------------------------- setup
