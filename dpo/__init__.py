@@ -16,7 +16,7 @@ from .data import (
     write_preference_memmaps,
 )
 from .early_stopping import EarlyStopDecision, EarlyStopper, WeightSnapshot
-from .logprobs import selective_log_softmax, sequence_logprobs, token_logprobs
+from .logprobs import response_logprobs, selective_log_softmax, sequence_logprobs, token_logprobs
 from .loss import LOSSES, PreferenceLossOutput, preference_loss
 from .model import DPO
 from .optim import build_adamw, build_scheduler, warmup_linear_decay
@@ -59,6 +59,7 @@ __all__ = [
     "restore_rng",
     "save_train_state",
     "save_checkpoint",
+    "response_logprobs",
     "selective_log_softmax",
     "sequence_logprobs",
     "sft_loss",

@@ -5,6 +5,8 @@ a module with a `config` and `save_pretrained` is treated as a HF causal LM.
 """
 
 import copy
+import inspect
+import sys
 
 import torch
 from torch import nn
@@ -29,23 +31,41 @@ def is_hf_model(model: nn.Module) -> bool:
     return hasattr(model, "config") and callable(getattr(model, "save_pretrained", None))
 
 
-def causal_lm_logits(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Run a causal LM and return its logits.
+def causal_lm_logits(
+    model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Run a causal LM and return its logits, optionally only at the positions in `keep`.
 
     Args:
         model: A HF causal LM (called with `input_ids`, `attention_mask`, `use_cache=False`, its
             `.logits` used) or any module mapping ids (B, T) to logits (B, T, V).
         ids: (B, T) non-negative token ids.
         attention_mask: (B, T) bool, True for real tokens (only passed to HF models).
+        keep: Optional (B, T) bool of the positions whose logits are needed. HF models that take
+            a boolean `logits_to_keep` then apply the LM head only there, which saves the largest
+            matmul of a small model on prompt and padding positions.
 
     Returns:
-        (B, T, V) logits.
+        (B, T, V) logits, or (N, V) for the N kept positions (row-major order) when `keep` is given.
     """
     if is_hf_model(model):
-        out = model(input_ids=ids, attention_mask=attention_mask.long(), use_cache=False)
-        return out.logits
-    out = model(ids)
-    return out.logits if hasattr(out, "logits") else out
+        kwargs = {"logits_to_keep": keep} if keep is not None and _takes_bool_logits_to_keep(model) else {}
+        logits = model(input_ids=ids, attention_mask=attention_mask.long(), use_cache=False, **kwargs).logits
+        if kwargs:
+            if logits.dim() != 2 or logits.shape[0] != int(keep.sum()):
+                raise RuntimeError(f"{type(model).__name__} ignored logits_to_keep: got logits {tuple(logits.shape)}")
+            return logits
+    else:
+        out = model(ids)
+        logits = out.logits if hasattr(out, "logits") else out
+    return logits if keep is None else logits[keep]
+
+
+def _takes_bool_logits_to_keep(model: nn.Module) -> bool:
+    # Boolean masks came with transformers' `slice_logits_to_keep`; older versions took an int or
+    # 1-D positions only. transformers is already imported when `model` is a HF model.
+    hf_utils = sys.modules.get("transformers.modeling_utils")
+    return hasattr(hf_utils, "slice_logits_to_keep") and "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def pad_to_ids(seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

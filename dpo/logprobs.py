@@ -9,30 +9,41 @@ token at j is real).
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
+from ._modeling import causal_lm_logits, pad_to_ids
 from ._types import Reduction
 
-__all__ = ["response_target_mask", "selective_log_softmax", "sequence_logprobs", "token_logprobs"]
+__all__ = [
+    "response_logprobs",
+    "response_target_mask",
+    "selective_log_softmax",
+    "sequence_logprobs",
+    "token_logprobs",
+]
 
 
-def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """log_softmax(logits)[..., index] without materialising a (B, T, V) log-softmax copy.
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_rows: int = 1024) -> torch.Tensor:
+    """log_softmax(logits)[..., index] without materialising a log-softmax copy of `logits`.
 
-    Computes `logit[index] - logsumexp(logits)` one batch row at a time, so the temporary
-    memory is one (T, V) row instead of the whole batch. Half-precision rows are upcast to
-    float32 per row because logsumexp in bf16/fp16 loses several bits.
+    Computes `logit[index] - logsumexp(logits)` one batch row (3-D input) or `chunk_rows` rows
+    (2-D input) at a time, so the temporary memory is one slice instead of the whole tensor.
+    Half-precision slices are upcast to float32 because logsumexp in bf16/fp16 loses several bits.
 
     Args:
-        logits: Scores of shape (B, T, V).
-        index: Token ids of shape (B, T), each in [0, V).
+        logits: Scores of shape (B, T, V) or (N, V).
+        index: Token ids of shape (B, T) or (N,), each in [0, V).
+        chunk_rows: Rows per logsumexp call for 2-D input.
 
     Returns:
-        Float32 (or float64 for float64 input) log-probabilities of shape (B, T).
+        Float32 (or float64 for float64 input) log-probabilities shaped like `index`.
     """
     out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    picked = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1).to(out_dtype)  # (B, T)
-    log_norm = torch.stack([torch.logsumexp(row.to(out_dtype), dim=-1) for row in logits])  # (B, T)
-    return picked - log_norm
+    picked = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1).to(out_dtype)
+    # unbind (not reshape): a sliced (B, T, V) input would be copied whole by a reshape
+    slices = logits.unbind(0) if logits.dim() == 3 else logits.split(chunk_rows)
+    log_norm = torch.cat([torch.logsumexp(s.to(out_dtype), dim=-1).reshape(-1) for s in slices])
+    return picked - log_norm.view(index.shape)
 
 
 def response_target_mask(
@@ -88,6 +99,35 @@ def token_logprobs(
     logps = selective_log_softmax(logits[:, :-1], labels)  # (B, T-1)
     # where (not multiply) so that a NaN/inf logit at a padded position cannot leak in.
     return torch.where(mask, logps, torch.zeros_like(logps)), mask
+
+
+def response_logprobs(
+    model: nn.Module, seq: torch.Tensor, prompt_len: torch.Tensor | int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of the response tokens of a batch, running `model` once.
+
+    Same values as `token_logprobs` on the model's full logits, but the LM head only runs at the
+    positions that score a response token (see `causal_lm_logits`' `keep`), not at prompt or
+    padding positions.
+
+    Args:
+        model: A HF causal LM or a module mapping ids (B, T) to logits (B, T, V).
+        seq: (B, T) token ids, right-padded with negative ids.
+        prompt_len: (B,) or a single int; tokens before it are the prompt.
+
+    Returns:
+        `(logps, mask, pad_mask)`: logps and mask (B, T - 1) as in `token_logprobs`, and the
+        (B, T) real-token mask.
+    """
+    ids, pad_mask = pad_to_ids(seq)
+    prompt_len = torch.as_tensor(prompt_len, device=seq.device).expand(seq.shape[0])
+    mask = response_target_mask(seq.shape[1], prompt_len, pad_mask)  # (B, T-1)
+    # The logits at t score token t + 1; the last position scores nothing.
+    keep = torch.cat([mask, mask.new_zeros(mask.shape[0], 1)], dim=1)  # (B, T)
+    logits = causal_lm_logits(model, ids, pad_mask, keep=keep)  # (N, V)
+    picked = selective_log_softmax(logits, ids[:, 1:][mask])  # (N,)
+    logps = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device).masked_scatter(mask, picked)
+    return logps, mask, pad_mask
 
 
 def _sum(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -37,17 +37,26 @@ def _repeat(loader: DataLoader) -> Iterator[dict]:
 
 
 def iter_shard_batches(
-    dataset: Dataset, batch_size: int, accelerator: Accelerator
+    dataset: Dataset, batch_size: int, accelerator: Accelerator, lengths: Sequence[int] | None = None
 ) -> Iterator[tuple[torch.Tensor, dict]]:
     """This process's share of `dataset` (positions rank, rank + world, ...) in batches.
 
     Used for evaluation and reference precomputation, where every example must be seen exactly
     once across processes (a prepared dataloader would pad the last batch with duplicates).
 
+    Args:
+        dataset: Map-style dataset.
+        batch_size: Examples per batch.
+        accelerator: Gives this process's rank and device.
+        lengths: Optional token length of every example: batches are then formed in length order,
+            so each batch is padded little (for work whose result does not depend on the order).
+
     Yields:
         `(positions, batch)`: (b,) int64 dataset positions and the collated batch on the device.
     """
     positions = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
+    if lengths is not None:
+        positions.sort(key=lambda i: lengths[i])
     for start in range(0, len(positions), batch_size):
         chunk = positions[start : start + batch_size]
         batch = default_collate([dataset[i] for i in chunk])

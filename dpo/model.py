@@ -17,9 +17,9 @@ import torch
 from ema_pytorch import EMA
 from torch import nn
 
-from ._modeling import causal_lm_logits, frozen_copy, pad_to_ids, trim_right_padding
+from ._modeling import frozen_copy, trim_right_padding
 from ._types import LossType, Reduction, StepOutput
-from .logprobs import REDUCTIONS, token_logprobs
+from .logprobs import REDUCTIONS, response_logprobs
 from .loss import preference_loss, validate_loss_args
 
 __all__ = ["DPO"]
@@ -105,15 +105,6 @@ class DPO(nn.Module):
         )
         self.ref_ema.step += 1
 
-    def _score(
-        self, net: nn.Module, seq: torch.Tensor, prompt_len: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Token log-probs of [chosen; rejected] rows in one forward: (2B, T-1) logps and mask."""
-        ids, pad_mask = pad_to_ids(seq)
-        logits = causal_lm_logits(net, ids, pad_mask)  # (2B, T, V)
-        logps, mask = token_logprobs(logits, ids, prompt_len, pad_mask)
-        return logps, mask, pad_mask
-
     def _pair_batch(
         self, chosen: torch.Tensor, rejected: torch.Tensor, prompt_len: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +126,7 @@ class DPO(nn.Module):
             `(ref_chosen_logps, ref_rejected_logps)`, each (B,), reduced like the policy's.
         """
         seq, lens = self._pair_batch(chosen, rejected, prompt_len)
-        logps, mask, _ = self._score(self.reference, seq, lens)
+        logps, mask, _ = response_logprobs(self.reference, seq, lens)
         return REDUCTIONS[self.reduction](logps, mask).chunk(2)
 
     def forward(
@@ -159,7 +150,7 @@ class DPO(nn.Module):
             `StepOutput` with the mean loss over pairs and TRL-named metrics.
         """
         seq, lens = self._pair_batch(chosen, rejected, prompt_len)
-        logps, mask, pad_mask = self._score(self.policy, seq, lens)  # (2B, T-1)
+        logps, mask, pad_mask = response_logprobs(self.policy, seq, lens)  # (2B, T-1): [chosen; rejected] in one forward
         policy_chosen, policy_rejected = REDUCTIONS[self.reduction](logps, mask).chunk(2)
         if ref_chosen_logps is None or ref_rejected_logps is None:
             ref_chosen_logps, ref_rejected_logps = self.ref_logps(chosen, rejected, prompt_len)

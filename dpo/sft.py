@@ -15,10 +15,10 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import Dataset
 
-from ._modeling import causal_lm_logits, pad_to_ids, trim_right_padding
+from ._modeling import trim_right_padding
 from ._types import StepOutput
 from .data import PAD_VALUE, PROMPT_LEN_FILE, check_token_rows, open_npy, save_npy_atomic
-from .logprobs import token_logprobs
+from .logprobs import response_logprobs, token_logprobs
 from .loop import LogFn, TrainingLoop, iter_shard_batches, summarize
 
 __all__ = ["SFT_SEQ_FILE", "SFTDataError", "SFTDataset", "SFTTrainer", "sft_loss", "write_sft_memmaps"]
@@ -144,9 +144,8 @@ class _SFTObjective(nn.Module):
         self.policy = model
 
     def forward(self, seq: torch.Tensor, prompt_len: torch.Tensor) -> StepOutput:
-        ids, pad_mask = pad_to_ids(trim_right_padding(seq))  # (B, T)
-        logits = causal_lm_logits(self.policy, ids, pad_mask)
-        loss, num_targets = sft_loss(logits, ids, prompt_len, pad_mask)
+        logps, mask, pad_mask = response_logprobs(self.policy, trim_right_padding(seq), prompt_len)
+        loss = -logps.sum() / mask.sum().clamp(min=1)
         return StepOutput(loss=loss, metrics={"loss": loss.detach()}, num_tokens=int(pad_mask.sum()))
 
 
@@ -232,10 +231,8 @@ class SFTTrainer:
         self.objective.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.accelerator.device)  # (nll sum, tokens)
         for _, batch in iter_shard_batches(dataset, self.batch_size, self.accelerator):
-            ids, pad_mask = pad_to_ids(batch["seq"])
-            logits = causal_lm_logits(self.objective.policy, ids, pad_mask)
-            loss, count = sft_loss(logits, ids, batch["prompt_len"], pad_mask)
-            total += torch.stack([loss.double() * count, count.double()])
+            logps, mask, _ = response_logprobs(self.objective.policy, batch["seq"], batch["prompt_len"])
+            total += torch.stack([-logps.sum().double(), mask.sum().double()])
         self.objective.train(was_training)
         total = self.accelerator.reduce(total, reduction="sum")
         return float(total[0] / total[1].clamp(min=1))

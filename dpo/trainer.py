@@ -36,6 +36,11 @@ Evaluator = Callable[[nn.Module], float]
 _DPO_INPUTS = ("chosen", "rejected", "prompt_len", "ref_chosen_logps", "ref_rejected_logps")
 
 
+def _pair_length(item: dict) -> int:
+    """Longest real (non-pad) row of a pair: the length its batch is padded to."""
+    return int(max((item["chosen"] >= 0).sum(), (item["rejected"] >= 0).sum()))
+
+
 class _WithRefLogps(Dataset):
     """Adds precomputed reference log-probs to each example of a preference dataset."""
 
@@ -203,7 +208,9 @@ class DPOTrainer:
     def _with_ref_logps(self, dataset: Dataset) -> Dataset:
         """Compute reference log-probs once (sharded, then summed across processes)."""
         ref = torch.zeros(len(dataset), 2, dtype=torch.float32, device=self.accelerator.device)
-        for positions, batch in iter_shard_batches(dataset, self.batch_size, self.accelerator):
+        # Each pair's result is independent of its batch: batch pairs of similar length (less padding).
+        lengths = [_pair_length(dataset[i]) for i in range(len(dataset))]
+        for positions, batch in iter_shard_batches(dataset, self.batch_size, self.accelerator, lengths):
             chosen, rejected = self.dpo.ref_logps(batch["chosen"], batch["rejected"], batch["prompt_len"])
             ref[positions.to(ref.device)] = torch.stack([chosen, rejected], dim=1).float()
         ref = self.accelerator.reduce(ref, reduction="sum")  # each position was filled on one process

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import dpo
 from dpo import selective_log_softmax, sequence_logprobs, token_logprobs
 from dpo.data import PAD_VALUE
 from tests.dpo._helpers import VOCAB, random_rows, tiny_llama
@@ -75,3 +76,49 @@ def test_selective_log_softmax_equals_full_log_softmax(dtype):
 def test_unknown_reduction_raises():
     with pytest.raises(ValueError, match="reduction"):
         sequence_logprobs(torch.zeros(1, 3, 4), torch.zeros(1, 3, dtype=torch.long), 1, reduction="max")
+
+
+def _lm_head_rows(model) -> list[int]:
+    """Records how many positions each forward's LM head projects."""
+    rows: list[int] = []
+    model.lm_head.register_forward_hook(lambda _m, inputs, _out: rows.append(inputs[0].numel() // inputs[0].shape[-1]))
+    return rows
+
+
+def test_response_logprobs_runs_the_lm_head_on_response_positions_only():
+    model = tiny_llama(layers=2).eval()
+    seq, prompt_len = _padded_batch([(p, c) for p, c, _ in random_rows(6, seed=5)])
+    head_rows = _lm_head_rows(model)
+    logps, mask, pad_mask = dpo.response_logprobs(model, seq, prompt_len)
+    # independent path: full logits, then the shifted gather of `token_logprobs`
+    full = model(input_ids=seq.clamp(min=0), attention_mask=pad_mask.long(), use_cache=False).logits
+    expected, expected_mask = token_logprobs(full, seq, prompt_len)
+    assert head_rows == [int(mask.sum()), seq.numel()]  # response targets only, then every position
+    assert torch.equal(mask, expected_mask) and torch.equal(pad_mask, seq >= 0)
+    torch.testing.assert_close(logps, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_response_logprobs_gradients_match_the_full_logits_path():
+    model = tiny_llama(layers=1)
+    seq, prompt_len = _padded_batch([(p, r) for p, _, r in random_rows(4, seed=6)])
+    grads = []
+    for fast in (True, False):
+        model.zero_grad()
+        if fast:
+            logps, _, _ = dpo.response_logprobs(model, seq, prompt_len)
+        else:
+            logits = model(input_ids=seq.clamp(min=0), attention_mask=(seq >= 0).long(), use_cache=False).logits
+            logps, _ = token_logprobs(logits, seq, prompt_len)
+        logps.sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_response_logprobs_on_a_plain_module_selects_from_full_logits():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Embedding(VOCAB, 8), torch.nn.Linear(8, VOCAB))
+    seq = torch.tensor([[5, 6, 7, PAD_VALUE], [5, 6, 7, 8]])
+    logps, mask, _ = dpo.response_logprobs(net, seq, torch.tensor([2, 1]))
+    expected, expected_mask = token_logprobs(net(seq.clamp(min=0)), seq, torch.tensor([2, 1]))
+    assert torch.equal(mask, expected_mask)
+    torch.testing.assert_close(logps, expected)
