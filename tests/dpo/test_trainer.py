@@ -50,8 +50,9 @@ def test_clear_preferences_are_learned(clear_pairs, accelerator):
     summary = trainer.train()
     assert [s for s, _ in logs] == list(range(1, 17))
     assert set(logs[0][1]) == METRICS
-    first = logs[0][1]  # policy == reference before the first update
-    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6) and first["rewards/margins"] == 0.0
+    first = logs[0][1]  # policy == reference before the first update (up to batch-shape rounding)
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
     assert summary["final/rewards/accuracies"] > 0.9
     assert summary["final/loss"] < 0.6 and summary["steps"] == 16 and not summary["stopped_early"]
     assert summary["mean/loss"] == pytest.approx(sum(m["loss"] for _, m in logs) / 16)
