@@ -134,12 +134,12 @@ def record_stage(
             tracker.log_artifact(run_id, png, "plots")
     if "pairs" in step_records:
         tracker.log_artifact(run_id, Path(step_records["pairs"].path) / "pairs.jsonl", "pairs")
+    tags = {"selfreward.checkpoint": str(steps.model_dir(model)),
+            TAG_OUTCOME: stage_outcome(index, model, step_records.get("judgments"))}
     if config.tracking.log_checkpoints:
         name = config.tracking.registered_model or f"{config.run_name}-policy"
-        version = tracker.register_checkpoint(run_id, steps.model_dir(model), name, alias=stage)
-        tracker.set_tags(run_id, {"selfreward.model_version": version})
-    outcome = stage_outcome(index, model, step_records.get("judgments"))
-    tracker.set_tags(run_id, {"selfreward.checkpoint": str(steps.model_dir(model)), TAG_OUTCOME: outcome})
+        tags["selfreward.model_version"] = tracker.register_checkpoint(run_id, steps.model_dir(model), name, alias=stage)
+    tracker.set_tags(run_id, tags)
     tracker.finish(run_id)
     return summary
 

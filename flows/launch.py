@@ -6,6 +6,7 @@ step function, the main rank publishes the step folder, and the parent reads its
 subprocess logs its curves to the same MLflow run (by id), so both paths look the same in the UI.
 """
 
+import contextlib
 import json
 import os
 import socket
@@ -32,13 +33,11 @@ def _train_here(
     log_fn = None
     if tracking_uri and run_id and int(os.environ.get("RANK", "0")) == 0:
         tracker = Tracker.from_config(tracking_uri, config.tracking)
-
-        def log_fn(metrics: dict[str, float], step: int) -> None:
-            tracker.log_metrics(run_id, metrics, step)
-
-    if kind == "sft":
-        return steps.train_sft(config, run_dir, model, inputs, log_fn=log_fn)
-    return steps.train_dpo(config, iteration, run_dir, model, inputs, log_fn=log_fn)
+        log_fn = tracker.buffered_metrics(run_id, config.tracking.metrics_flush_seconds)
+    with log_fn or contextlib.nullcontext():  # leaving it sends the last curve points, also on failure
+        if kind == "sft":
+            return steps.train_sft(config, run_dir, model, inputs, log_fn=log_fn)
+        return steps.train_dpo(config, iteration, run_dir, model, inputs, log_fn=log_fn)
 
 
 def run_training(

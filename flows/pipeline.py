@@ -19,6 +19,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from flows import steps
 from flows.iteration import iteration_flow, record_stage, with_retries
@@ -74,7 +75,11 @@ def _run(config: RunConfig, output: Path) -> dict[str, Any]:
         if config.sft.enabled:
             model = _sft_stage(tracker, config, run_dir, parent, model, data, tracking_uri)
         for iteration in range(1, config.iterations + 1):
-            model = iteration_flow(config, iteration, str(run_dir), model, data, parent, tracking_uri)
+            # The subflow runs in this process, whose flow-run heartbeat already shows it alive; a
+            # second heartbeat thread would hold each iteration up to 1 s at exit (it is joined
+            # between 1 s sleeps).
+            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                model = iteration_flow(config, iteration, str(run_dir), model, data, parent, tracking_uri)
     except BaseException as err:
         tracker.fail(parent, f"{type(err).__name__}: {err}")
         raise

@@ -174,6 +174,9 @@ class TrackingConfig(_Section):
     log_checkpoints: bool = Field(True, description="copy each checkpoint into MLflow and register it")
     retries: int = Field(5, ge=0, description="retries of an MLflow call that failed to connect, with back-off")
     retry_backoff_seconds: float = Field(2.0, ge=0, description="first back-off; doubles per retry, at most 30 s")
+    metrics_flush_seconds: float = Field(
+        10.0, ge=0, description="training curves reach MLflow in batches at most this often (0: every step)"
+    )
 
 
 class RunConfig(_Section):

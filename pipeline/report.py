@@ -17,6 +17,9 @@ TABLE_COLUMNS = [
     "self_judge_score", "mean_response_length",
 ]
 CURVES = ["loss", "rewards/accuracies", "rewards/margins"]
+# Per-stage plots use fixed margins: tight_layout measures every label and took 40% of the
+# rendering time (70 of 175 ms for the learning curves), paid on every iteration.
+_FIXED_MARGINS = {"left": 0.12, "right": 0.97, "bottom": 0.17, "top": 0.88, "wspace": 0.35}
 
 
 def stage_name(index: int) -> str:
@@ -90,7 +93,7 @@ def plot_learning_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path
         ax.set_title(f"{title}: {key}")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(**_FIXED_MARGINS)
     return _save(fig, path)
 
 
@@ -103,7 +106,7 @@ def plot_score_histogram(histogram: Mapping[str, int], path: Path, title: str) -
     ax.set_title(title)
     ax.set_xlabel("judge score")
     ax.set_ylabel("candidates")
-    fig.tight_layout()
+    fig.subplots_adjust(**_FIXED_MARGINS)
     return _save(fig, path)
 
 

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ PARENT_STAGE = "pipeline"
 _PARAM_MAX_CHARS = 6000  # MLflow's limit for one param value
 _TAG_MAX_CHARS = 1000  # well under MLflow's limit; an outcome is a sentence, not a traceback
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch
+_METRIC_BATCH = 1000  # ... and at most 1000 metrics
 _MAX_BACKOFF_SECONDS = 30.0
 # MLflow's own HTTP defaults (7 retries, back-off factor 2, 120 s timeout) can block ONE call for
 # minutes; the Tracker retries whole calls itself, so it keeps MLflow's layer short. Explicit
@@ -91,6 +92,7 @@ def _retrying(method: Callable) -> Callable:
             finally:
                 self._local.depth = 0
             self._last_step.clear()  # a batch may or may not have landed: ask the store again
+            self._known_keys.clear()
             if attempt < self.retries:
                 logger.warning("MLflow %s: %s failed (%s); retry %d/%d in %.1f s", self.tracking_uri,
                                method.__name__.lstrip("_"), _describe(last), attempt + 1, self.retries, delay)
@@ -150,7 +152,8 @@ class Tracker:
         self.tracking_uri = tracking_uri
         self.retries, self.retry_backoff_seconds = retries, retry_backoff_seconds
         self._local = threading.local()
-        self._last_step: dict[tuple[str, str], int] = {}
+        self._last_step: dict[tuple[str, str], int] = {}  # (run, metric key) -> last step stored
+        self._known_keys: dict[str, set[str]] = {}  # run -> metric keys it had when first seen
         if tracking_uri.startswith("http"):
             for key, value in _HTTP_DEFAULTS.items():
                 os.environ.setdefault(key, value)
@@ -228,17 +231,28 @@ class Tracker:
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
         """Log metrics at `step`, skipping (key, step) rows already logged: a resumed or retried
         step replays the same deterministic values, and MLflow would store them twice."""
+        self.log_metric_steps(run_id, [(step, metrics)])
+
+    @_retrying
+    def log_metric_steps(self, run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+        """Log several steps' metrics in as few requests as MLflow allows, like `log_metrics`."""
         now = int(time.time() * 1000)
-        rows = [Metric(key, float(value), now, step) for key, value in metrics.items()
+        rows = [Metric(key, float(value), now, step) for step, metrics in steps for key, value in metrics.items()
                 if value is not None and step > self._logged_up_to(run_id, key)]
-        if rows:
-            self.client.log_batch(run_id, metrics=rows)
-            for row in rows:  # only once they are stored: a failed batch is sent again
-                self._last_step[(run_id, row.key)] = step
+        for i in range(0, len(rows), _METRIC_BATCH):
+            self.client.log_batch(run_id, metrics=rows[i : i + _METRIC_BATCH])
+            for row in rows[i : i + _METRIC_BATCH]:  # only once they are stored: a failed batch is sent again
+                self._last_step[(run_id, row.key)] = max(row.step, self._last_step[(run_id, row.key)])
+
+    def buffered_metrics(self, run_id: str, flush_every_seconds: float) -> "MetricBuffer":
+        """A `log_fn` for training loops that writes to MLflow at most every `flush_every_seconds`."""
+        return MetricBuffer(self, run_id, flush_every_seconds)
 
     def _logged_up_to(self, run_id: str, key: str) -> int:
+        if run_id not in self._known_keys:  # one request tells which keys need their history read
+            self._known_keys[run_id] = set(self.client.get_run(run_id).data.metrics)
         if (run_id, key) not in self._last_step:
-            history = self.client.get_metric_history(run_id, key)
+            history = self.client.get_metric_history(run_id, key) if key in self._known_keys[run_id] else []
             self._last_step[(run_id, key)] = max((m.step for m in history), default=-1)
         return self._last_step[(run_id, key)]
 
@@ -340,3 +354,42 @@ class Tracker:
         if self.tracking_uri.startswith("http"):
             return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
         return f"mlflow run {run_id} (open with `selfreward ui`)"
+
+
+class MetricBuffer:
+    """Training-step metrics sent to MLflow in batches, at most every `flush_every_seconds`.
+
+    Each `log_batch` is a commit in a sqlite store (about 10 ms) or an HTTP request, so one per
+    optimizer step costs more than a small model's step; the curves still reach the MLflow UI
+    while the step runs, `flush_every_seconds` late at most. Call `flush()` (or leave the `with`
+    block) when training ends, also when it fails, so no logged step is lost.
+    """
+
+    def __init__(self, tracker: Tracker, run_id: str, flush_every_seconds: float) -> None:
+        self.tracker, self.run_id, self.flush_every_seconds = tracker, run_id, flush_every_seconds
+        self._pending: list[tuple[int, dict[str, float]]] = []
+        self._last_flush = time.monotonic()
+
+    def __call__(self, metrics: Mapping[str, float], step: int) -> None:
+        self._pending.append((step, dict(metrics)))
+        if time.monotonic() - self._last_flush >= self.flush_every_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send every pending step now."""
+        if self._pending:
+            self.tracker.log_metric_steps(self.run_id, self._pending)
+            self._pending = []
+        self._last_flush = time.monotonic()
+
+    def __enter__(self) -> "MetricBuffer":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.flush()
+            return
+        try:  # training already failed: report that error, not a second one from MLflow
+            self.flush()
+        except Exception as err:
+            logger.warning("MLflow: could not send the last training metrics of run %s: %s", self.run_id, err)
