@@ -20,7 +20,7 @@ from common import RESULTS_DIR, ROOT, format_table, load_average, machine_info, 
 
 HERE = Path(__file__).resolve().parent
 # Order: the cheap, self-contained ones first; the whole-flow run last.
-BENCHMARKS = ["dpo", "sampling", "ceiling", "iteration"]
+BENCHMARKS = ["dpo", "sampling", "ceiling", "memory", "iteration"]
 
 
 def _summary_lines(name: str, data: dict) -> list[list[str]]:
@@ -36,6 +36,11 @@ def _summary_lines(name: str, data: dict) -> list[list[str]]:
         rows = [[name, "fp32 matmul ceiling", f"{data['ceiling_gflops']:.1f} GFLOP/s"]]
         return rows + [[name, r["mode"], f"{r['gflops_median']:.1f} GFLOP/s = {r['fraction_of_ceiling_median']:.1%} "
                         "of ceiling"] for r in data["dpo"]]
+    if name == "memory":
+        large = {r["step"]: r for r in data["rows"] if r["prompts"] == max(data["workload"]["sizes"])}
+        return [[name, f"{g['step']} step peak memory", f"{g['prompts_ratio']:.0f}x prompts: RSS rise "
+                 f"{g['rss_rise_ratio']:.2f}x (+{large[g['step']]['rss_rise_mib']:.1f} MiB), heap peak "
+                 f"{g['heap_peak_ratio']:.2f}x ({large[g['step']]['heap_peak_mib']:.1f} MiB)"] for g in data["growth"]]
     if name == "iteration":
         return [[name, "iteration 1 wall", f"{data['iteration_wall_s']:.1f} s, orchestration + tracking "
                  f"{data['iteration_overhead_share']:.1%}"]] + [

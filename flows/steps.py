@@ -10,9 +10,10 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from functools import lru_cache
+from itertools import islice, tee, zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +28,57 @@ from pipeline.models import build_tiny_model, build_tokenizer, load_model_and_to
 
 LogFn = Callable[[dict[str, float], int], None]
 MODEL_DIR = "model"
+# Prompts judged per chunk: bounds the judge step's memory for any number of prompts (a fixed
+# number, never machine-dependent, so a resumed run judges exactly the same chunks). Runs of up to
+# this many prompts are judged in one chunk, exactly as before judging was streamed.
+JUDGE_CHUNK_PROMPTS = 512
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def _read_jsonl(path: str | Path) -> list[dict]:
+def _iter_jsonl(path: str | Path) -> Iterator[dict]:
+    """The rows of a JSONL file, one at a time (memory bounded by the longest line)."""
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
+def _read_jsonl(path: str | Path) -> list[dict]:
+    return list(_iter_jsonl(path))
+
+
+def _iter_jsonl_pairs(first: Path, second: Path) -> Iterator[tuple[dict, dict]]:
+    """The rows of two JSONL files in lockstep.
+
+    Raises:
+        ValueError: the files have different numbers of rows (both named, with their counts).
+    """
+    rows_a, rows_b = _iter_jsonl(first), _iter_jsonl(second)
+    end = object()
+    for count, (a, b) in enumerate(zip_longest(rows_a, rows_b, fillvalue=end)):
+        if a is end or b is end:  # count what is left of the longer file for the message
+            count_a = count + (a is not end) + sum(1 for _ in rows_a)
+            count_b = count + (b is not end) + sum(1 for _ in rows_b)
+            raise ValueError(f"{first} has {count_a} rows but {second} has {count_b}; expected one row per prompt in both")
+        yield a, b
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """Write rows as they come (a generator is consumed lazily, so it can be streamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _flush_metrics(log_fn: LogFn | None) -> None:
+    # A buffered log_fn (pipeline.tracking.MetricBuffer) must store the training curves before the
+    # step is published: a resumed step does not train again, so it could not send them later.
+    flush = getattr(log_fn, "flush", None)
+    if flush is not None:
+        flush()
 
 
 def _sampling(cfg: SamplingConfig, seed: int) -> generation.SamplingParams:
@@ -171,6 +208,7 @@ def train_sft(config: RunConfig, run_dir: Path, base: StepRecord, data: StepReco
         dataset = dpo.SFTDataset.from_pairs(examples, max_len=sft.max_len)
         trainer = dpo.SFTTrainer(model, train_dataset=dataset, log_fn=log_fn, seed=config.seed, **_optim_kwargs(sft))
         summary = trainer.train()
+        _flush_metrics(log_fn)
         _save_model(model, tokenizer, tmp / MODEL_DIR)
         return {"examples": len(examples), **_scalars(summary)}
 
@@ -266,30 +304,54 @@ def sample_candidates(config: RunConfig, iteration: int, run_dir: Path, model: S
 
 
 def judge_candidates(config: RunConfig, iteration: int, run_dir: Path, model: StepRecord, candidates: StepRecord) -> StepRecord:
-    """M_t judges its own candidates K times each (or an external reward function scores them)."""
+    """M_t judges its own candidates K times each (or an external reward function scores them).
+
+    Streamed: candidates.jsonl is read and judged `JUDGE_CHUNK_PROMPTS` prompts at a time (at least
+    one judge batch) and each chunk's rows are appended to judgments.jsonl, so memory does not grow
+    with the number of prompts. The summary counts all chunks.
+    """
     cfg = config.iteration_config(iteration).judge
     seed = _step_seed(config, iteration, 3)
+    chunk_size = max(JUDGE_CHUNK_PROMPTS, cfg.sampling.batch_size)
 
     def build(tmp: Path) -> dict[str, Any]:
-        rows = _read_jsonl(Path(candidates.path) / "candidates.jsonl")
-        prompts = [r["prompt"] for r in rows]
-        texts = [[c["text"] for c in r["candidates"]] for r in rows]
         stats = judging.JudgingStats()
         if cfg.reward_fn:
-            judged = judging.score_with_reward_fn(judging.load_reward_fn(cfg.reward_fn), prompts, texts, stats=stats)
+            reward_fn = judging.load_reward_fn(cfg.reward_fn)
+
+            def judge(prompts: list[str], texts: list[list[str]], chunk: int) -> list[list[judging.CandidateJudgment]]:
+                return judging.score_with_reward_fn(reward_fn, prompts, texts, stats=stats)
         else:
             policy, tokenizer = load_for_inference(config, model)
-            judged = judging.judge_candidates(
-                policy,
-                tokenizer,
-                prompts,
-                texts,
-                template=judging.load_template(cfg.template),
-                num_judgments=cfg.num_judgments,
-                params=_sampling(cfg.sampling, seed),
-                stats=stats,
-            )
-        _write_jsonl(tmp / "judgments.jsonl", [{"candidates": [asdict(j) for j in row]} for row in judged])
+            template = judging.load_template(cfg.template)
+
+            def judge(prompts: list[str], texts: list[list[str]], chunk: int) -> list[list[judging.CandidateJudgment]]:
+                # Chunk 0 keeps the step's seed; later chunks get their own sampling streams
+                # instead of replaying chunk 0's random numbers.
+                chunk_seed = seed if chunk == 0 else int(fingerprint("judge-chunk", seed, chunk), 16) % 2**63
+                return judging.judge_candidates(
+                    policy,
+                    tokenizer,
+                    prompts,
+                    texts,
+                    template=template,
+                    num_judgments=cfg.num_judgments,
+                    params=_sampling(cfg.sampling, chunk_seed),
+                    stats=stats,
+                )
+
+        def judged_rows() -> Iterator[dict]:
+            # Only the texts of each row are kept (not the token ids), one chunk at a time.
+            rows = _iter_jsonl(Path(candidates.path) / "candidates.jsonl")
+            texts_by_prompt = ((r["prompt"], [c["text"] for c in r["candidates"]]) for r in rows)
+            chunk = 0
+            while batch := list(islice(texts_by_prompt, chunk_size)):
+                prompts, texts = [p for p, _ in batch], [t for _, t in batch]
+                for row in judge(prompts, texts, chunk):
+                    yield {"candidates": [asdict(j) for j in row]}
+                chunk += 1
+
+        _write_jsonl(tmp / "judgments.jsonl", judged_rows())
         return stats.summary()
 
     step_fp = fingerprint("judge", cfg.model_dump(), model.fingerprint, candidates.fingerprint, seed)
@@ -299,19 +361,25 @@ def judge_candidates(config: RunConfig, iteration: int, run_dir: Path, model: St
 def build_pairs(
     config: RunConfig, iteration: int, run_dir: Path, candidates: StepRecord, judgments: StepRecord
 ) -> StepRecord:
-    """One preference pair per prompt by `pairs.strategy` (ties dropped), streamed into the DPO memmaps."""
+    """One preference pair per prompt by `pairs.strategy` (ties dropped), streamed into the DPO memmaps.
+
+    candidates.jsonl and judgments.jsonl are read row by row in lockstep (memory does not grow with
+    the number of prompts); files with different row counts raise ValueError naming both.
+    """
     cfg = config.iteration_config(iteration)
     seed = _step_seed(config, iteration, 5)
 
     def build(tmp: Path) -> dict[str, Any]:
-        cand_rows = _read_jsonl(Path(candidates.path) / "candidates.jsonl")
-        judge_rows = _read_jsonl(Path(judgments.path) / "judgments.jsonl")
+        rows = _iter_jsonl_pairs(Path(candidates.path) / "candidates.jsonl", Path(judgments.path) / "judgments.jsonl")
+        # One pass over the files feeds the four per-prompt streams; they advance together, so
+        # tee buffers at most one row.
+        r1, r2, r3, r4 = tee(rows, 4)
         result = judging.build_preference_pairs(
             tmp,
-            [r["prompt"] for r in cand_rows],
-            [r["prompt_ids"] for r in cand_rows],
-            [[generation.Completion(**c) for c in r["candidates"]] for r in cand_rows],
-            [[judging.CandidateJudgment(**j) for j in r["candidates"]] for r in judge_rows],
+            (c["prompt"] for c, _ in r1),
+            (c["prompt_ids"] for c, _ in r2),
+            ([generation.Completion(**x) for x in c["candidates"]] for c, _ in r3),
+            ([judging.CandidateJudgment(**x) for x in j["candidates"]] for _, j in r4),
             max_len=cfg.dpo.max_len,
             strategy=cfg.pairs.strategy,
             rho=cfg.pairs.rho,
@@ -345,6 +413,8 @@ def train_dpo(
     def on_step(metrics: dict[str, float], step: int) -> None:
         if log_fn is not None:
             log_fn(metrics, step)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                _flush_metrics(log_fn)  # the resumable state saved after this step must not outrun MLflow
         pause_point(f"{iter_dir.name}/dpo@{step}", iter_dir)
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -377,6 +447,7 @@ def train_dpo(
         )
         try:
             summary = trainer.train()  # calls the generator, then resets the reference to the policy (M_t)
+            _flush_metrics(log_fn)
         except dpo.NonFiniteLossError as err:
             raise dpo.NonFiniteLossError(
                 f"{iter_dir.name} DPO: {err}. The run stops here: nothing is published for this step and "

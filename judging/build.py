@@ -1,8 +1,9 @@
 """From judged candidates to a preference dataset folder in one call (the pipeline's pairs step)."""
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -11,6 +12,8 @@ from judging.pairs import PairChoice, PairSkip, PairStats, PairStrategy, select_
 from judging.writer import OverflowPolicy, PreferenceWriter
 
 __all__ = ["CandidateLike", "PairBuildSummary", "build_preference_pairs"]
+
+_INPUTS = ("prompts", "prompt_ids", "candidates", "judgments")
 
 
 class CandidateLike(Protocol):
@@ -50,10 +53,10 @@ class PairBuildSummary:
 
 def build_preference_pairs(
     folder: str | Path,
-    prompts: Sequence[str],
-    prompt_ids: Sequence[Sequence[int]],
-    candidates: Sequence[Sequence[CandidateLike]],
-    judgments: Sequence[Sequence[CandidateJudgment]],
+    prompts: Iterable[str],
+    prompt_ids: Iterable[Sequence[int]],
+    candidates: Iterable[Sequence[CandidateLike]],
+    judgments: Iterable[Sequence[CandidateJudgment]],
     *,
     max_len: int,
     strategy: PairStrategy = "max_min",
@@ -64,6 +67,9 @@ def build_preference_pairs(
     seed: int = 0,
 ) -> PairBuildSummary:
     """Select one pair per prompt and stream the pairs into a new preference dataset folder.
+
+    The four per-prompt inputs may be any iterables (lists, or generators reading files): they are
+    consumed together, one prompt at a time, so memory does not grow with the number of prompts.
 
     Args:
         folder: output folder, published atomically by `PreferenceWriter`.
@@ -86,17 +92,21 @@ def build_preference_pairs(
         empty dataset and the caller decides whether that is an error).
 
     Raises:
-        ValueError: the per-prompt sequences differ in length, or a prompt's candidates and
-            judgments differ in number.
+        ValueError: the per-prompt inputs differ in length, or a prompt's candidates and judgments
+            differ in number. Raised when the shorter input ends (after the earlier prompts were
+            read), before anything is published: `folder` is left as it was.
     """
-    sizes = {len(prompts), len(prompt_ids), len(candidates), len(judgments)}
-    if len(sizes) != 1:
-        raise ValueError(f"prompts ({len(prompts)}), prompt_ids ({len(prompt_ids)}), candidates "
-                         f"({len(candidates)}) and judgments ({len(judgments)}) must have one entry per prompt")
     stats = PairStats()
     rng = random.Random(seed)
+    end = object()
     with PreferenceWriter(folder, max_len, overwrite=overwrite, on_overflow=on_overflow) as writer:
-        for i, (prompt, ids, cands, verdicts) in enumerate(zip(prompts, prompt_ids, candidates, judgments)):
+        rows = zip_longest(prompts, prompt_ids, candidates, judgments, fillvalue=end)
+        for i, row in enumerate(rows):
+            if any(x is end for x in row):  # the error aborts the writer: nothing is published
+                ended = [name for name, x in zip(_INPUTS, row) if x is end]
+                raise ValueError(f"prompts, prompt_ids, candidates and judgments must have one entry per prompt: "
+                                 f"{' and '.join(ended)} ended after {i} prompts, the others have more")
+            prompt, ids, cands, verdicts = row
             if len(cands) != len(verdicts):
                 raise ValueError(f"prompt {i}: {len(cands)} candidates but {len(verdicts)} judgments")
             scores = [v.score if (c.finished or not require_finished) else None for c, v in zip(cands, verdicts)]

@@ -8,7 +8,8 @@ def my_reward(prompts: list[str], responses: list[str]) -> list[float]:
     ...  # one score per (prompt, response); NaN or None = no score
 ```
 
-It is called once for all candidates of all prompts, and its output must be one number per pair:
+It is called once per `score_with_reward_fn` call, for all candidates of its prompts (the pipeline's
+judge step calls it once per chunk of prompts), and its output must be one number per pair:
 a (num_candidates,) vector is never reinterpreted as per-class logits (seed pitfall B14), and a
 non-finite score means "unscored" (None) rather than poisoning the pair selection.
 """

@@ -12,8 +12,8 @@ Files in the published folder (names from `dpo.data`):
 How it stays safe (seed pitfall B9: generators shared and truncated each other's files):
 
 - Rows go to raw files inside a hidden sibling `.<name>.tmp-<pid>` as they arrive, so memory stays
-  bounded for any number of pairs. On a clean exit the raw rows are copied in chunks into `.npy`
-  memmaps (`open_memmap`), everything is fsynced, and the temp folder is renamed to `folder`.
+  bounded for any number of pairs. On a clean exit the raw rows are copied in small chunks into the
+  `.npy` files (plain reads and writes), everything is fsynced, and the temp folder is renamed to `folder`.
 - An exception inside the `with` block removes the temp folder; `folder` is never created. A killed
   process leaves only the hidden temp folder, which the next writer for the same folder removes
   when its pid is no longer alive. A folder at `folder` therefore always means a finished write.
@@ -48,7 +48,7 @@ __all__ = ["SUMMARY_FILE", "OverflowPolicy", "PreferenceWriter", "WriterError"]
 SUMMARY_FILE = "summary.json"
 OverflowPolicy = Literal["truncate", "skip"]
 _RAW_SEQ, _RAW_PROMPT_LEN, _RAW_REWARDS = "seq.raw", "prompt_len.raw", "rewards.raw"
-_COPY_CHUNK_BYTES = 1 << 20  # bounds the copy's page-cache working set per step, not correctness
+_COPY_CHUNK_BYTES = 1 << 18  # bounds the copy's buffers, not correctness
 _INT32_MAX = np.iinfo(np.int32).max
 _ACTIVE_TEMPS: set[Path] = set()  # temp folders of writers open in this process
 
@@ -280,20 +280,26 @@ def _as_ids(ids: Sequence[int], name: str) -> np.ndarray:
 
 
 def _raw_to_npy(raw: Path, npy: Path, dtype: type, shape: tuple[int, ...], width: int | None = None) -> None:
-    """Copy a raw row file into an `.npy` memmap in chunks (trimming the last axis to `width`)."""
+    """Copy a raw row file into an `.npy` file in chunks (trimming the last axis to `width`).
+
+    Plain reads and writes, not memmaps: pages touched through a mapping stay in the process's
+    resident memory until it is unmapped, so a memmap copy grew the RSS with the number of pairs.
+    """
     out_shape = shape[:-1] + (width,) if width is not None else shape
-    dst = open_memmap(npy, mode="w+", dtype=dtype, shape=out_shape)
+    header = open_memmap(npy, mode="w+", dtype=dtype, shape=out_shape)  # writes the header, sizes the file
+    offset = header.offset
+    del header
     _preallocate(npy)
     n = shape[0]
-    if n:
-        src = np.memmap(raw, dtype=dtype, mode="r", shape=shape)
-        row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize)
-        step = max(1, _COPY_CHUNK_BYTES // row_bytes)
-        for start in range(0, n, step):
-            dst[start:start + step] = src[start:start + step, ..., :width] if width is not None else src[start:start + step]
-        del src
-    dst.flush()
-    del dst
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize)
+    buffer = np.empty((max(1, min(n, _COPY_CHUNK_BYTES // row_bytes)), *shape[1:]), dtype=dtype)
+    with open(raw, "rb") as src, open(npy, "r+b") as dst:
+        dst.seek(offset)
+        for start in range(0, n, len(buffer)):
+            chunk = buffer[: min(len(buffer), n - start)]
+            if src.readinto(memoryview(chunk).cast("B")) != chunk.nbytes:
+                raise WriterError(f"{raw}: shorter than the {n} rows written to it")
+            dst.write(np.ascontiguousarray(chunk[..., :width]) if width is not None else chunk)
 
 
 def _preallocate(path: Path) -> None:

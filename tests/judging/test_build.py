@@ -131,3 +131,38 @@ def test_random_control_keeps_max_min_volume_and_is_seeded(tmp_path):
     assert [p for p, _, _ in picks(a)] == [p for p, _, _ in picks(ref)]  # the same prompts
     # The judge's order is ignored: some "chosen" responses scored below their "rejected".
     assert any(scores[p][ch] < scores[p][rj] for p, ch, rj in picks(a))
+
+
+def test_generators_are_consumed_in_lockstep_and_give_the_same_dataset(tmp_path):
+    """One-shot generators work like lists, and are read one prompt at a time (never drained first)."""
+    scores = [[3, 5, 1], [2, 2, 4], [None, 1, 0], [5, 4, 3], [1, 1, 1]]
+    prompts, prompt_ids = [f"p{i}" for i in range(len(scores))], [[1, 2 + i] for i in range(len(scores))]
+    candidates = [[cand([10 + 3 * i + j]) for j in range(3)] for i in range(len(scores))]
+    judgments = [[verdict(s) for s in row] for row in scores]
+    read = {"prompts": 0, "judgments": 0}
+
+    def stream(name, items):
+        for item in items:
+            read[name] += 1
+            # zip pulls the prompt of row i before its judgments: never more than one row apart.
+            assert read["prompts"] - read["judgments"] <= 1, read
+            yield item
+
+    lists = build_preference_pairs(tmp_path / "lists", prompts, prompt_ids, candidates, judgments, max_len=8)
+    streamed = build_preference_pairs(tmp_path / "gen", stream("prompts", prompts), iter(prompt_ids),
+                                      (row for row in candidates), stream("judgments", judgments), max_len=8)
+    assert read == {"prompts": 5, "judgments": 5}
+    assert streamed.summary() | {"folder": None} == lists.summary() | {"folder": None}
+    assert streamed.num_pairs == 4 and streamed.stats.skipped == {"tie": 1}
+    for name in (PAIRS_FILE, "preference_seq.memmap.npy", "rewards.memmap.npy", "prompt_len.memmap.npy"):
+        assert (tmp_path / "gen" / name).read_bytes() == (tmp_path / "lists" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("short", ["prompts", "judgments"])
+def test_mismatched_generators_name_the_short_input_and_publish_nothing(tmp_path, short):
+    inputs = {"prompts": ["a", "b", "c"], "prompt_ids": [[1], [1], [1]],
+              "candidates": [[cand([2]), cand([3])]] * 3, "judgments": [[verdict(1), verdict(2)]] * 3}
+    inputs[short] = inputs[short][:2]
+    with pytest.raises(ValueError, match=f"one entry per prompt: {short} ended after 2 prompts"):
+        build_preference_pairs(tmp_path / "x", *(iter(v) for v in inputs.values()), max_len=8)
+    assert not (tmp_path / "x").exists() and list(tmp_path.iterdir()) == []  # no temp folder left either
