@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from generation import SamplingParams, SamplingParamsError, encode_chat_prompt, generate, sample_next_tokens
-from generation.sampling import _mask_top_k, _mask_top_p
+from generation.sampling import _NUCLEUS_PROBE, _mask_top_k, _nucleus, _sample_index
 
 
 def brute_force_top_p_keep(probs: list[float], top_p: float) -> set[int]:
@@ -44,13 +44,34 @@ def test_top_k_keeps_exactly_the_k_best():
         assert torch.equal(row_masked[list(best)], row[list(best)])
 
 
+@pytest.mark.parametrize("vocab", [12, 4 * _NUCLEUS_PROBE])  # the short list, and the full-sort fallback
 @pytest.mark.parametrize("top_p", [0.05, 0.3, 0.6, 0.9, 0.999])
-def test_top_p_matches_brute_force(top_p):
-    scores = torch.randn(8, 12, generator=torch.Generator().manual_seed(1)) * 2
-    masked = _mask_top_p(scores, top_p)
-    for row, row_masked in zip(scores, masked, strict=True):
-        expected = brute_force_top_p_keep(torch.softmax(row, -1).tolist(), top_p)
-        assert set(torch.nonzero(torch.isfinite(row_masked)).flatten().tolist()) == expected
+def test_top_p_set_matches_brute_force(top_p, vocab):
+    scale = 2.0 if vocab < _NUCLEUS_PROBE else 0.3  # a flat distribution needs more than the short list
+    probs = torch.softmax(torch.randn(8, vocab, generator=torch.Generator().manual_seed(1)) * scale, -1)
+    weights, token_ids = _nucleus(probs, top_p)
+    for row_probs, row_weights, row_ids in zip(probs, weights, token_ids, strict=True):
+        expected = brute_force_top_p_keep(row_probs.tolist(), top_p)
+        assert set(row_ids[row_weights > 0].tolist()) == expected
+        assert torch.equal(row_weights[row_weights > 0], row_probs[row_ids[row_weights > 0]])
+
+
+def test_sample_index_never_draws_a_zero_weight_column():
+    weights = torch.zeros(5000, 9)
+    weights[:, [2, 5]] = torch.tensor([1e-30, 1.0])  # a tiny weight, and trailing zero columns
+    draws = _sample_index(weights, torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) <= {2, 5} and (draws == 5).all()
+
+
+def test_top_p_sampling_frequencies_follow_the_renormalized_set():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -3.0]]).repeat(20000, 1)
+    draws = sample_next_tokens(logits, SamplingParams(temperature=1.0, top_p=0.8), torch.Generator().manual_seed(4))
+    probs = torch.softmax(logits[0], -1)
+    kept = sorted(brute_force_top_p_keep(probs.tolist(), 0.8))
+    expected = torch.zeros(5)
+    expected[kept] = probs[kept] / probs[kept].sum()
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert torch.allclose(freq, expected, atol=0.015)
 
 
 def test_greedy_and_degenerate_filters_pick_argmax():
