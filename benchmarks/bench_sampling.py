@@ -52,7 +52,7 @@ NAME = "sampling"
 @dataclass(frozen=True)
 class Workload:
     num_prompts: int = 16
-    num_candidates: int = 4  # N (demo: 4)
+    num_candidates: int = 4  # N (the demo uses 16; 4 keeps the one-call-per-judgment contender to minutes)
     num_judgments: int = 3  # K (demo: 3)
     repeats: int = 3
 
