@@ -1,7 +1,7 @@
 """Batched KV-cached sampling from Hugging Face causal LMs, chat prompts and self-instruct prompt generation."""
 
 from generation.chat import encode_chat_prompt, render_chat_prompt
-from generation.decoding import Completion, PromptError, common_prefix_len, generate
+from generation.decoding import Completion, PromptError, common_prefix_len, generate, prompt_budget
 from generation.filters import PromptFilter, PromptPool, RejectReason, lcs_length, rouge_l
 from generation.prompt_io import PromptFileError, read_prompts
 from generation.prompts import GeneratedPrompts, build_fewshot_prompt, extract_task, generate_prompts
@@ -26,6 +26,7 @@ __all__ = [
     "generate",
     "generate_prompts",
     "lcs_length",
+    "prompt_budget",
     "read_prompts",
     "render_chat_prompt",
     "rouge_l",

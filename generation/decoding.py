@@ -224,6 +224,19 @@ def common_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
     return shortest
 
 
+def prompt_budget(model: Any, max_new_tokens: int) -> int | None:
+    """Longest prompt that leaves `max_new_tokens` of the model's context for new tokens.
+
+    Returns:
+        `max_position_embeddings - max_new_tokens`; context - 1 when the context is not larger than
+        `max_new_tokens` (generate then caps the new tokens); None when the model states no context.
+    """
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if context is None:
+        return None
+    return context - max_new_tokens if context > max_new_tokens else context - 1
+
+
 def _validate_prompts(model: Any, prompts: Sequence[Sequence[int]]) -> int | None:
     """Check prompts are non-empty, in-vocabulary and fit the context; returns the context size."""
     vocab = model.get_input_embeddings().num_embeddings

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from generation.chat import encode_chat_prompt
-from generation.decoding import generate
+from generation.decoding import generate, prompt_budget
 from generation.filters import PromptFilter, PromptPool
 from generation.sampling import SamplingParams
 from generation.stats import GenerationStats
@@ -75,6 +75,21 @@ def _fewshot_token_ids(tokenizer: Any, text: str, chat: bool) -> list[int]:
     return list(tokenizer.encode(text + " ", add_special_tokens=True))
 
 
+def _fit_fewshot(
+    tokenizer: Any, examples: list[str], rng: random.Random, chat: bool, budget: int | None
+) -> list[int] | None:
+    """Few-shot prompt ids with as many of `examples` as fit in `budget` tokens (None: not even one).
+
+    A small model's context cannot hold many long examples plus the new task's token budget, so
+    examples are dropped from the end until the prompt fits.
+    """
+    for keep in range(len(examples), 0, -1):
+        ids = _fewshot_token_ids(tokenizer, build_fewshot_prompt(examples[:keep], rng), chat)
+        if budget is None or len(ids) <= budget:
+            return ids
+    return None
+
+
 def generate_prompts(
     model: Any,
     tokenizer: Any,
@@ -101,7 +116,9 @@ def generate_prompts(
         tokenizer: Its tokenizer.
         seed_prompts: Example pool (also the novelty reference for filtering).
         num_prompts: Prompts wanted.
-        shots: Examples per few-shot prompt (capped by the pool size).
+        shots: Examples per few-shot prompt (capped by the pool size, and dropped one by one while
+            the prompt would leave less than `params.max_new_tokens` of the model's context;
+            a prompt that does not fit with one example is counted as "fewshot_too_long").
         params: Sampling settings.
         max_attempts: Maximum sampling rounds.
         filters: Acceptance rules (defaults to `PromptFilter()`).
@@ -123,15 +140,19 @@ def generate_prompts(
     pool = PromptPool.of(seed_prompts)
     result = GeneratedPrompts()
     rng = random.Random(params.seed)
+    budget = prompt_budget(model, params.max_new_tokens)
     while len(result.prompts) < num_prompts and result.rounds < max_attempts:
         missing = num_prompts - len(result.prompts)
         count = max(1, round(missing * oversample))
-        fewshots = [
-            build_fewshot_prompt(rng.sample(list(seed_prompts), min(shots, len(seed_prompts))), rng)
-            for _ in range(count)
-        ]
+        token_ids = []
+        for _ in range(count):
+            examples = rng.sample(list(seed_prompts), min(shots, len(seed_prompts)))
+            ids = _fit_fewshot(tokenizer, examples, rng, chat, budget)
+            if ids is None:
+                result.rejected["fewshot_too_long"] += 1
+            else:
+                token_ids.append(ids)
         round_params = dataclasses.replace(params, seed=params.seed + result.rounds)
-        token_ids = [_fewshot_token_ids(tokenizer, text, chat) for text in fewshots]
         completions = generate(model, tokenizer, token_ids, round_params, stats=result.stats)
         tasks = [extract_task(samples[0].text, first_line_only) for samples in completions]
         accepted, rejected = rule.apply(tasks, pool)

@@ -11,7 +11,14 @@ tokens of each judgment, never the prompt (seed pitfall B2 spent the whole budge
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from generation import GenerationStats, SamplingParams, common_prefix_len, encode_chat_prompt, generate
+from generation import (
+    GenerationStats,
+    SamplingParams,
+    common_prefix_len,
+    encode_chat_prompt,
+    generate,
+    prompt_budget,
+)
 from judging.aggregate import CandidateJudgment, JudgingStats, aggregate_judgments
 from judging.template import JudgeTemplate
 
@@ -123,11 +130,7 @@ def _prompt_budget(model: Any, params: SamplingParams, max_prompt_tokens: int | 
     if max_prompt_tokens is None:
         return None
     if max_prompt_tokens == "auto":
-        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        if context is None:
-            return None
-        # A context shorter than the judgment budget: leave generate to cap the new tokens.
-        return context - params.max_new_tokens if context > params.max_new_tokens else context - 1
+        return prompt_budget(model, params.max_new_tokens)
     if isinstance(max_prompt_tokens, bool) or not isinstance(max_prompt_tokens, int) or max_prompt_tokens < 1:
         raise JudgeError(f"max_prompt_tokens must be an integer >= 1, 'auto' or None, got {max_prompt_tokens!r}")
     return max_prompt_tokens

@@ -10,6 +10,7 @@ from generation import (
     extract_task,
     generate_prompts,
 )
+from generation.prompts import _fit_fewshot
 
 SEEDS = [
     "Write a haiku about rain.",
@@ -74,3 +75,22 @@ def test_generate_prompts_gives_up_after_max_attempts_and_counts_reasons(tiny):
     assert result.rounds == 2 and result.candidates == 6
     assert sum(result.rejected.values()) == 6
     assert set(result.rejected) <= {"empty", "too_short"}
+
+
+def test_fewshot_examples_are_dropped_until_the_prompt_fits_the_budget(tiny):
+    def fewshot_len(n: int) -> int:
+        return len(_fit_fewshot(tiny.tokenizer, SEEDS[:n], random.Random(0), True, None))
+
+    assert fewshot_len(1) < fewshot_len(2) < fewshot_len(5)
+    ids = _fit_fewshot(tiny.tokenizer, list(SEEDS), random.Random(0), True, fewshot_len(2))
+    text = tiny.tokenizer.decode(ids)
+    assert len(ids) <= fewshot_len(2) and "Task 3:" in text and "Task 4:" not in text  # 2 examples, next label
+    assert _fit_fewshot(tiny.tokenizer, list(SEEDS), random.Random(0), True, fewshot_len(1) - 1) is None
+
+
+def test_generate_prompts_counts_fewshot_prompts_that_cannot_fit_the_context(tiny):
+    # 511 of the 512-token context reserved for the new task: not even a one-example prompt fits.
+    params = SamplingParams(max_new_tokens=511, temperature=1.0)
+    result = generate_prompts(tiny.model, tiny.tokenizer, SEEDS, num_prompts=2, shots=2, params=params, max_attempts=2)
+    assert result.prompts == [] and result.candidates == 0 and result.rounds == 2
+    assert result.rejected == {"fewshot_too_long": 4}
