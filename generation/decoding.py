@@ -1,7 +1,8 @@
 """Batched, KV-cached autoregressive decoding over a Hugging Face causal LM's forward pass.
 
-Sequences (prompts x samples) are sorted by length into buckets of `batch_size`, left-padded with an
-attention mask, prefilled once and then decoded one token per step from the cache. Finished rows
+Prompts are sorted by length into buckets of `batch_size` sequences (prompts x samples), left-padded
+with an attention mask, prefilled once per prompt (the cache is then repeated for each sample) and
+decoded one token per step from the cache. Finished rows
 (EOS or length budget) are dropped from the batch so the tail of a bucket costs only what is left.
 A prompt prefix shared by every sequence (e.g. a judge template) can be prefilled once and its cache
 copied into each bucket (`shared_prefix_len`).
@@ -119,8 +120,12 @@ def _prefill(
     pad_id: int,
     prefix: tuple[DynamicCache, int] | None,
     device: torch.device,
+    num_samples: int = 1,
 ) -> tuple[_LiveRows, torch.Tensor]:
     """Feed a bucket's prompts (after the shared prefix, if any) in one forward pass.
+
+    Each prompt is fed once; its cache row, mask and logits are then repeated `num_samples` times,
+    one row per sample (`seq_index` lists the rows in that order).
 
     Returns:
         The live-row state and the next-token logits at each row's last prompt token, (B, V).
@@ -140,6 +145,11 @@ def _prefill(
     positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P + S)
     logits = call.last_logits(input_ids, attention_mask, positions[:, -input_ids.shape[1] :], cache)
     next_position = positions[:, -1:] + 1  # (B, 1)
+    if num_samples > 1:
+        cache.batch_repeat_interleave(num_samples)
+        attention_mask, next_position, logits = (
+            t.repeat_interleave(num_samples, dim=0) for t in (attention_mask, next_position, logits)
+        )
     return _LiveRows(seq_index, attention_mask, next_position, cache), logits
 
 
@@ -183,17 +193,20 @@ class _Outputs:
 def _decode_bucket(
     call: _ModelCall,
     bucket: list[int],
-    sequences: list[list[int]],
+    prompts: Sequence[Sequence[int]],
+    num_samples: int,
     prefix: tuple[DynamicCache, int] | None,
     outputs: _Outputs,
     params: SamplingParams,
     generator: torch.Generator,
     pad_id: int,
 ) -> None:
-    """Generate every sequence of one bucket until each has hit EOS or its budget."""
+    """Generate the `num_samples` sequences of every prompt of one bucket until each has hit EOS or its budget."""
     device = generator.device
     skip = prefix[1] if prefix is not None else 0
-    rows, logits = _prefill(call, [sequences[i][skip:] for i in bucket], bucket, pad_id, prefix, device)
+    seq_index = [p * num_samples + j for p in bucket for j in range(num_samples)]
+    suffixes = [list(prompts[p][skip:]) for p in bucket]
+    rows, logits = _prefill(call, suffixes, seq_index, pad_id, prefix, device, num_samples)
     while True:
         tokens = sample_next_tokens(logits, params, generator)  # (B,)
         done = outputs.append(rows.seq_index, tokens.tolist())
@@ -342,8 +355,10 @@ def generate(
         prefix = (
             (_prefill_prefix(call, sequences[0][:prefix_len], device), prefix_len) if prefix_len else None
         )
-        for bucket in _buckets([len(s) for s in sequences], params.batch_size):
-            _decode_bucket(call, bucket, sequences, prefix, outputs, params, generator, pad_id)
+        # A bucket holds whole prompts: their samples share one prefill (a prompt's KV is computed once).
+        prompts_per_bucket = max(1, params.batch_size // num_samples)
+        for bucket in _buckets([len(p) for p in prompts], prompts_per_bucket):
+            _decode_bucket(call, bucket, prompts, num_samples, prefix, outputs, params, generator, pad_id)
     completions = [
         Completion(tokens, tokenizer.decode(tokens, skip_special_tokens=True).strip(), finished)
         for tokens, finished in zip(outputs.tokens, outputs.finished, strict=True)

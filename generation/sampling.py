@@ -18,7 +18,7 @@ class SamplingParams:
         temperature: Softmax temperature; 0.0 means greedy argmax decoding.
         top_p: Nucleus sampling mass; 1.0 disables it.
         top_k: Keep only the k most likely tokens; 0 disables it.
-        batch_size: Sequences per forward batch.
+        batch_size: Sequences per forward batch (the samples of one prompt always share a batch).
         seed: Seed of the sampling generator; the same seed gives the same output.
     """
 

@@ -234,3 +234,25 @@ def test_training_mode_restored(tiny, prompts):
         assert tiny.model.training
     finally:
         tiny.model.eval()
+
+
+def test_samples_of_a_prompt_share_one_prefill_and_still_differ(tiny, prompts):
+    rows_fed = []
+    hook = tiny.model.get_input_embeddings().register_forward_hook(lambda _m, inputs, _o: rows_fed.append(inputs[0].shape))
+    try:
+        params = SamplingParams(max_new_tokens=6, temperature=1.0, batch_size=12, seed=5)
+        out = generate(tiny.model, tiny.tokenizer, prompts[:3], params, num_samples=4)
+    finally:
+        hook.remove()
+    assert rows_fed[0][0] == 3 and rows_fed[0][1] > 1  # the prefill: one row per prompt, not per sample
+    assert rows_fed[1] == (12, 1)  # then one token for each of the 3 x 4 sampled rows
+    assert all(len({tuple(c.token_ids) for c in samples}) > 1 for samples in out)
+
+
+def test_greedy_samples_with_a_shared_prefix_match_a_single_completion(tiny):
+    ids = [encode_chat_prompt(tiny.tokenizer, f"explain why the big red dog ran {t}") for t in ["fast", "under the mat"]]
+    out = generate(tiny.model, tiny.tokenizer, ids, greedy(8, batch_size=4), num_samples=2,
+                   shared_prefix_len=common_prefix_len(ids))
+    for prompt, samples in zip(ids, out, strict=True):
+        (single,) = generate(tiny.model, tiny.tokenizer, [prompt], greedy(8))[0]
+        assert [c.token_ids for c in samples] == [single.token_ids] * 2
