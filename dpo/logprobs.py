@@ -124,7 +124,7 @@ def response_logprobs(
     mask = response_target_mask(seq.shape[1], prompt_len, pad_mask)  # (B, T-1)
     # The logits at t score token t + 1; the last position scores nothing.
     keep = torch.cat([mask, mask.new_zeros(mask.shape[0], 1)], dim=1)  # (B, T)
-    logits = causal_lm_logits(model, ids, pad_mask, keep=keep)  # (N, V)
+    logits = causal_lm_logits(model, ids, keep=keep)  # (N, V)
     picked = selective_log_softmax(logits, ids[:, 1:][mask])  # (N,)
     logps = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device).masked_scatter(mask, picked)
     return logps, mask, pad_mask
