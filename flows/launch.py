@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of one `accelerate launch` rank: `python -m flows.launch SPEC.json`."""
     spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     config = RunConfig.model_validate(spec["config"])
+    steps.set_torch_threads(config)
     # The process state is shared by every Accelerator made later (the trainer's included).
     PartialState(cpu=steps.select_device(config.model.device).type == "cpu")
     _train_here(

@@ -62,6 +62,7 @@ def self_rewarding_flow(
 
 def _run(config: RunConfig, output: Path) -> dict[str, Any]:
     logger = get_run_logger()
+    steps.set_torch_threads(config)
     run_dir = prepare_run_dir(output, config)
     tracking_uri = default_tracking_uri(output)
     tracker = Tracker.from_config(tracking_uri, config.tracking, artifact_root=output / "mlartifacts")

@@ -17,6 +17,8 @@ from itertools import islice, tee, zip_longest
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import dpo
 import generation
 import judging
@@ -71,6 +73,12 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def set_torch_threads(config: RunConfig) -> None:
+    """Apply `runtime.torch_threads` to this process (torch's CPU thread pool is per process)."""
+    if config.runtime.torch_threads is not None:
+        torch.set_num_threads(config.runtime.torch_threads)
 
 
 def _flush_metrics(log_fn: LogFn | None) -> None:

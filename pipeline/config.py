@@ -166,6 +166,9 @@ class RuntimeConfig(_Section):
     num_processes: int = Field(1, ge=1)
     retries: int = Field(1, ge=0, description="Prefect retries per step")
     retry_delay_seconds: float = Field(2.0, ge=0)
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads per process; default: torch's choice (one per core)"
+    )
 
 
 class TrackingConfig(_Section):

@@ -6,6 +6,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+import torch
 
 import judging
 from flows import steps
@@ -148,3 +149,14 @@ def test_judge_and_pairs_heap_does_not_follow_the_number_of_prompts(tmp_path, mo
         tracemalloc.stop()
     assert judgments.summary["candidates"] == 12_000 and pairs.summary["prompts"] == 3000
     assert size > 7_000_000 and max(peaks.values()) < size / 2, (size, peaks)
+
+
+def test_runtime_torch_threads_is_applied_to_the_process():
+    before = torch.get_num_threads()
+    try:
+        steps.set_torch_threads(tiny_config("runtime.torch_threads=1"))
+        assert torch.get_num_threads() == 1
+        steps.set_torch_threads(tiny_config())  # unset: torch's own choice stays
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
