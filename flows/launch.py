@@ -19,7 +19,7 @@ from typing import Literal
 from accelerate import PartialState
 
 from flows import steps
-from flows.stepdir import StepRecord
+from flows.stepdir import StepRecord, launch_rank
 from pipeline.config import RunConfig
 from pipeline.tracking import Tracker
 
@@ -31,7 +31,7 @@ def _train_here(
     tracking_uri: str | None, run_id: str | None,
 ) -> StepRecord:
     log_fn = None
-    if tracking_uri and run_id and int(os.environ.get("RANK", "0")) == 0:
+    if tracking_uri and run_id and launch_rank() == 0:
         tracker = Tracker.from_config(tracking_uri, config.tracking)
         log_fn = tracker.buffered_metrics(run_id, config.tracking.metrics_flush_seconds)
     with log_fn or contextlib.nullcontext():  # leaving it sends the last curve points, also on failure

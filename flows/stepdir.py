@@ -40,9 +40,14 @@ class DiskFullError(RuntimeError):
     """A step could not write its outputs: no space left (or a file size limit) on the device."""
 
 
+def launch_rank() -> int:
+    """This process's rank under `accelerate launch` (0 when not launched by it)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def pause_point(name: str, default_marker: Path) -> None:
     """Pause here when $SELFREWARD_PAUSE_STEP names this point (see PAUSE_STEP_ENV)."""
-    if os.environ.get(PAUSE_STEP_ENV) != name or int(os.environ.get("RANK", "0")) != 0:
+    if os.environ.get(PAUSE_STEP_ENV) != name or launch_rank() != 0:
         return
     marker = Path(os.environ.get(PAUSE_MARKER_ENV) or default_marker / ".paused")
     tmp = marker.with_name(f".{marker.name}.tmp")
@@ -122,7 +127,7 @@ def run_step(
         return done, False
     if os.environ.get(FAIL_STEP_ENV) == f"{path.parent.name}/{step}":
         raise InjectedFault(f"injected failure in {path.parent.name}/{step} (${FAIL_STEP_ENV})")
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launch_rank()
     if rank != 0:  # `accelerate launch`: every rank computes, only the main rank publishes
         scratch = path.with_name(f".{path.name}.rank{rank}")
         shutil.rmtree(scratch, ignore_errors=True)

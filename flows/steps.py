@@ -7,7 +7,6 @@ never recomputed and an interrupted one restarts from a clean folder. The Prefec
 """
 
 import json
-import os
 import random
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +21,7 @@ import torch
 import dpo
 import generation
 import judging
-from flows.stepdir import StepRecord, fingerprint, pause_point, run_step
+from flows.stepdir import StepRecord, fingerprint, launch_rank, pause_point, run_step
 from pipeline import demo_task
 from pipeline.config import DPOConfig, RunConfig, SamplingConfig
 from pipeline.evaluation import evaluate_model
@@ -431,7 +430,7 @@ def train_dpo(
             # Every prompt tied or failed to parse: nothing to learn from, M_{t+1} = M_t.
             _save_model(policy, tokenizer, tmp / MODEL_DIR)
             return {"skipped": "no preference pairs", "steps": 0}
-        if _is_main_rank():
+        if launch_rank() == 0:
             for stale in state_root.glob("*"):  # states of other inputs (and temp folders) are never resumed
                 if stale.name != step_fp:
                     shutil.rmtree(stale, ignore_errors=True)
@@ -466,13 +465,9 @@ def train_dpo(
         return _scalars(summary)
 
     record = run_step("dpo", iter_dir / "checkpoint", step_fp, build)[0]
-    if _is_main_rank():
+    if launch_rank() == 0:
         shutil.rmtree(state_root, ignore_errors=True)  # the published checkpoint supersedes it
     return record
-
-
-def _is_main_rank() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 # ---------------------------------------------------------------- evaluation

@@ -337,23 +337,21 @@ def generate(
         if stats is not None:
             stats.record(prompts=0, sequences=0, new_tokens=0, seconds=time.perf_counter() - started)
         return []
-    sequences = [list(p) for p in prompts for _ in range(num_samples)]
     context = _validate_prompts(model, prompts)
     prefix_len = _resolve_prefix_len(prompts, shared_prefix_len)
     device = model.get_input_embeddings().weight.device
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
-    budgets = [
-        params.max_new_tokens if context is None else min(params.max_new_tokens, context - len(s))
-        for s in sequences
+    budgets = [  # one per sequence: prompt-major, sample-minor
+        params.max_new_tokens if context is None else min(params.max_new_tokens, context - len(p))
+        for p in prompts
+        for _ in range(num_samples)
     ]
-    outputs = _Outputs(
-        [[] for _ in sequences], [False] * len(sequences), budgets, _stop_token_ids(model, tokenizer)
-    )
+    outputs = _Outputs([[] for _ in budgets], [False] * len(budgets), budgets, _stop_token_ids(model, tokenizer))
     call = _ModelCall.for_model(model)
     generator = torch.Generator(device=device).manual_seed(params.seed)
     with torch.inference_mode(), _eval_mode(model):
         prefix = (
-            (_prefill_prefix(call, sequences[0][:prefix_len], device), prefix_len) if prefix_len else None
+            (_prefill_prefix(call, prompts[0][:prefix_len], device), prefix_len) if prefix_len else None
         )
         # A bucket holds whole prompts: their samples share one prefill (a prompt's KV is computed once).
         prompts_per_bucket = max(1, params.batch_size // num_samples)
@@ -366,7 +364,7 @@ def generate(
     if stats is not None:
         stats.record(
             prompts=len(prompts),
-            sequences=len(sequences),
+            sequences=len(budgets),
             new_tokens=sum(len(t) for t in outputs.tokens),
             seconds=time.perf_counter() - started,
         )
