@@ -5,14 +5,17 @@ matmul shapes (tokens x hidden @ hidden x intermediate, tokens x hidden @ hidden
 best of several timed repeats (best-of: the least disturbed by the other jobs on the shared cores).
 
 DPO: our `dpo.DPOTrainer` on the `bench_dpo` setup (same model, pairs, settings and epochs), in
-both reference modes. Model FLOPs per trained token (non-pad token of a chosen or rejected row):
-6 N for the policy's forward + backward and 2 N for the reference forward, N = parameters that do
-matmul work per token = all parameters except the input embedding table (a lookup); the untied LM
-head is included. With E epochs over T tokens: precompute = 6 N E T + 2 N T (one reference pass),
-no-precompute = 8 N E T (a reference forward inside every step). Not counted: attention score FLOPs (QK^T, AV;
-about 4 x T x hidden per layer and token, a few percent at these lengths), padding positions (the
-batch is padded to its longest row), norms, activations, the optimizer. So the figure is "useful
-model FLOP/s", a lower bound on what the hardware executed.
+both reference modes. Model FLOPs per computed token: 6 N for the policy's forward + backward and
+2 N for the reference forward, N = parameters that do matmul work per token = all parameters except
+the input embedding table (a lookup); the untied LM head is included. Computed tokens are the
+non-pad tokens of the rows the trainer runs: one row per pair holding the prompt once
+(`dpo.shared_prompt`), T = sum of prompt + chosen + rejected lengths per epoch. With E epochs:
+precompute = 6 N E T + 2 N T (one reference pass), no-precompute = 8 N E T (a reference forward
+inside every step). Not counted: attention score FLOPs (QK^T, AV; about 4 x T x hidden per layer and
+token, a few percent at these lengths), padding positions (the batch is padded to its longest row),
+norms, activations, the optimizer. Counted although skipped: the LM head at prompt positions
+(about 3% of the total here). So the figure is "useful model FLOP/s", close to a lower bound on what
+the hardware executed.
 
 Thread probe: the demo model's training step (hidden 64, 2 layers, 32 x 64 tokens, AdamW) with 1 and
 2 torch threads, under OMP_WAIT_POLICY=ACTIVE (libgomp's spin-wait default) and PASSIVE, each policy
@@ -75,11 +78,12 @@ def matmul_flops(m: int, k: int, n: int, repeats: int, min_seconds: float) -> di
 def dpo_achieved(setup: dpo_setup.Setup, repeats: int) -> list[dict[str, Any]]:
     """Useful model FLOP/s of our DPOTrainer, both reference modes, alternated."""
     pairs = dpo_setup.make_pairs(setup)
-    epoch_tokens = dpo_setup.trained_tokens(pairs)
-    tokens = epoch_tokens * setup.epochs
+    tokens = dpo_setup.trained_tokens(pairs) * setup.epochs  # what run_ours reports throughput on
+    epoch_computed = dpo_setup.shared_prompt_tokens(pairs)
+    computed = epoch_computed * setup.epochs
     n = dpo_setup.param_counts(dpo_setup.build_model(setup))["non_embedding"]
     modes = {"ours-precompute": True, "ours-no-precomp": False}
-    flops = {"ours-precompute": 6 * n * tokens + 2 * n * epoch_tokens, "ours-no-precomp": 8 * n * tokens}
+    flops = {"ours-precompute": 6 * n * computed + 2 * n * epoch_computed, "ours-no-precomp": 8 * n * computed}
     seconds: dict[str, list[float]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as tmp:
         pairs_dir = dpo_setup.write_pairs(pairs, Path(tmp) / "pairs")
@@ -89,7 +93,7 @@ def dpo_achieved(setup: dpo_setup.Setup, repeats: int) -> list[dict[str, Any]]:
             seconds[mode].append(result.train_s)
             print(f"  {mode:16s} train {result.train_s:6.2f} s  load {load_average()[:1]}", flush=True)
     return [{"mode": m, "train_s_median": median(s), "train_s_best": min(s), "model_flops": flops[m],
-             "tokens": tokens, "non_embedding_params": n,
+             "computed_tokens": computed, "non_embedding_params": n,
              "gflops_median": flops[m] / median(s) / 1e9, "gflops_best": flops[m] / min(s) / 1e9}
             for m, s in seconds.items()]
 
@@ -142,7 +146,8 @@ def main() -> None:
     print_header("Compute ceiling: fp32 matmul vs DPO training", [
         f"torch threads {args.threads}; matmul best of {repeats}; DPO setup = bench_dpo "
         f"{'QUICK' if args.quick else 'FULL'} (hidden {setup.hidden}, {setup.layers} layers, vocab {setup.vocab})",
-        "DPO FLOPs = 6N per trained token + 2N per reference-scored token, N = non-embedding params "
+        "DPO FLOPs = 6N per computed token + 2N per reference-scored token (prompt once per pair), "
+        "N = non-embedding params "
         "(see module docstring for what is left out)",
     ])
     rows_tokens = 2 * setup.batch_size * (setup.prompt_len[1] + setup.response_len[1]) // 2  # a typical batch
@@ -172,8 +177,8 @@ def main() -> None:
         "dpo_setup": asdict(setup),
         "dpo": dpo_rows,
         "thread_probe": probe,
-        "flops_rule": "6N per trained non-pad token (policy fwd+bwd) + 2N per reference-scored token, "
-                      "N = non-embedding params",
+        "flops_rule": "6N per computed non-pad token (policy fwd+bwd) + 2N per reference-scored token, "
+                      "prompt once per pair, N = non-embedding params",
     }, started)
 
 

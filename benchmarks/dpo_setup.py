@@ -73,6 +73,11 @@ def trained_tokens(pairs: list[Pair]) -> int:
     return sum(2 * len(p) + len(c) + len(r) for p, c, r in pairs)
 
 
+def shared_prompt_tokens(pairs: list[Pair]) -> int:
+    """Tokens our trainer actually runs per epoch: one row per pair with the prompt once (dpo.shared_prompt)."""
+    return sum(len(p) + len(c) + len(r) for p, c, r in pairs)
+
+
 def build_model(setup: Setup):
     """A fresh LlamaForCausalLM with the same weights every call (fp32, dropout 0, SDPA attention)."""
     import torch

@@ -21,6 +21,7 @@ from .loss import LOSSES, PreferenceLossOutput, preference_loss
 from .model import DPO
 from .optim import build_adamw, build_scheduler, warmup_linear_decay
 from .sft import SFT_SEQ_FILE, SFTDataError, SFTDataset, SFTTrainer, sft_loss, write_sft_memmaps
+from .shared_prompt import shared_prompt_logprobs, supports_shared_prompt
 from .train_state import RoundState, load_train_state, restore_rng, save_train_state
 from .trainer import DPOTrainer, Evaluator
 
@@ -63,6 +64,8 @@ __all__ = [
     "selective_log_softmax",
     "sequence_logprobs",
     "sft_loss",
+    "shared_prompt_logprobs",
+    "supports_shared_prompt",
     "token_logprobs",
     "warmup_linear_decay",
     "write_preference_memmaps",

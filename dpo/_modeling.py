@@ -31,7 +31,9 @@ def is_hf_model(model: nn.Module) -> bool:
     return hasattr(model, "config") and callable(getattr(model, "save_pretrained", None))
 
 
-def causal_lm_logits(model: nn.Module, ids: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+def causal_lm_logits(
+    model: nn.Module, ids: torch.Tensor, keep: torch.Tensor | None = None, **hf_inputs: torch.Tensor
+) -> torch.Tensor:
     """Run a causal LM on a right-padded batch and return its logits, optionally only at `keep`.
 
     No attention mask is passed: with padding on the right only, causal attention already keeps
@@ -46,18 +48,22 @@ def causal_lm_logits(model: nn.Module, ids: torch.Tensor, keep: torch.Tensor | N
         keep: Optional (B, T) bool of the positions whose logits are needed. HF models that take
             a boolean `logits_to_keep` then apply the LM head only there, which saves the largest
             matmul of a small model on prompt and padding positions.
+        **hf_inputs: Further model inputs for HF models only (e.g. a 4-D `attention_mask` and
+            `position_ids`, see `dpo.shared_prompt`).
 
     Returns:
         (B, T, V) logits, or (N, V) for the N kept positions (row-major order) when `keep` is given.
     """
     if is_hf_model(model):
         kwargs = {"logits_to_keep": keep} if keep is not None and _takes_bool_logits_to_keep(model) else {}
-        logits = model(input_ids=ids, use_cache=False, **kwargs).logits
+        logits = model(input_ids=ids, use_cache=False, **hf_inputs, **kwargs).logits
         if kwargs:
             if logits.dim() != 2 or logits.shape[0] != int(keep.sum()):
                 raise RuntimeError(f"{type(model).__name__} ignored logits_to_keep: got logits {tuple(logits.shape)}")
             return logits
     else:
+        if hf_inputs:
+            raise TypeError(f"{type(model).__name__} is not a HF model: it takes no {sorted(hf_inputs)}")
         out = model(ids)
         logits = out.logits if hasattr(out, "logits") else out
     return logits if keep is None else logits[keep]

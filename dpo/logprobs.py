@@ -15,6 +15,7 @@ from ._modeling import causal_lm_logits, pad_to_ids
 from ._types import Reduction
 
 __all__ = [
+    "log_normalizer",
     "response_logprobs",
     "response_target_mask",
     "selective_log_softmax",
@@ -38,12 +39,20 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_rows:
     Returns:
         Float32 (or float64 for float64 input) log-probabilities shaped like `index`.
     """
+    picked = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    log_norm = log_normalizer(logits, chunk_rows)
+    return picked.to(log_norm.dtype) - log_norm.view(index.shape)
+
+
+def log_normalizer(logits: torch.Tensor, chunk_rows: int = 1024) -> torch.Tensor:
+    """logsumexp over the last axis, one batch row (3-D) or `chunk_rows` rows (2-D) at a time.
+
+    Returns a flat float32 (float64 for float64 input) tensor with one value per score row.
+    """
     out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    picked = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1).to(out_dtype)
     # unbind (not reshape): a sliced (B, T, V) input would be copied whole by a reshape
     slices = logits.unbind(0) if logits.dim() == 3 else logits.split(chunk_rows)
-    log_norm = torch.cat([torch.logsumexp(s.to(out_dtype), dim=-1).reshape(-1) for s in slices])
-    return picked - log_norm.view(index.shape)
+    return torch.cat([torch.logsumexp(s.to(out_dtype), dim=-1).reshape(-1) for s in slices])
 
 
 def response_target_mask(

@@ -21,6 +21,7 @@ from ._modeling import frozen_copy, trim_right_padding
 from ._types import LossType, Reduction, StepOutput
 from .logprobs import REDUCTIONS, response_logprobs
 from .loss import preference_loss, validate_loss_args
+from .shared_prompt import shared_prompt_logprobs, supports_shared_prompt
 
 __all__ = ["DPO"]
 
@@ -36,6 +37,8 @@ class DPO(nn.Module):
         nll_weight: Weight of an added NLL term on the chosen response (RPO / DPO+NLL); 0 = off.
         ref_ema_decay: 1.0 keeps the reference frozen; < 1 makes it an EMA of the policy.
         reduction: How token log-probs become a sequence score: "sum" (DPO) or "mean".
+        share_prompt: Score chosen and rejected in one row that holds the prompt once (see
+            `dpo.shared_prompt`) when the model supports it; False always uses two rows per pair.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class DPO(nn.Module):
         nll_weight: float = 0.0,
         ref_ema_decay: float = 1.0,
         reduction: Reduction = "sum",
+        share_prompt: bool = True,
     ) -> None:
         super().__init__()
         validate_loss_args(loss_type, beta, label_smoothing)
@@ -59,6 +63,7 @@ class DPO(nn.Module):
         self.policy = model
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
         self.nll_weight, self.ref_ema_decay, self.reduction = nll_weight, ref_ema_decay, reduction
+        self.share_prompt = share_prompt and supports_shared_prompt(model)
         self.ref_ema: EMA | None = None
         if self.ref_is_frozen:
             self.ref_model = frozen_copy(model)
@@ -105,11 +110,16 @@ class DPO(nn.Module):
         )
         self.ref_ema.step += 1
 
-    def _pair_batch(
-        self, chosen: torch.Tensor, rejected: torch.Tensor, prompt_len: torch.Tensor
+    def _pair_logps(
+        self, model: nn.Module, chosen: torch.Tensor, rejected: torch.Tensor, prompt_len: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token log-probs and masks (2B, R) of rows [chosen; rejected] under `model`, in one forward."""
+        prompt_len = prompt_len.to(chosen.device)
+        if self.share_prompt:
+            return shared_prompt_logprobs(model, chosen, rejected, prompt_len)
         seq = trim_right_padding(torch.cat([chosen, rejected], dim=0))  # (2B, T)
-        return seq, torch.cat([prompt_len, prompt_len], dim=0).to(seq.device)  # (2B,)
+        logps, mask, _ = response_logprobs(model, seq, torch.cat([prompt_len, prompt_len]))
+        return logps, mask
 
     @torch.no_grad()
     def ref_logps(
@@ -125,8 +135,7 @@ class DPO(nn.Module):
         Returns:
             `(ref_chosen_logps, ref_rejected_logps)`, each (B,), reduced like the policy's.
         """
-        seq, lens = self._pair_batch(chosen, rejected, prompt_len)
-        logps, mask, _ = response_logprobs(self.reference, seq, lens)
+        logps, mask = self._pair_logps(self.reference, chosen, rejected, prompt_len)
         return REDUCTIONS[self.reduction](logps, mask).chunk(2)
 
     def forward(
@@ -149,8 +158,7 @@ class DPO(nn.Module):
         Returns:
             `StepOutput` with the mean loss over pairs and TRL-named metrics.
         """
-        seq, lens = self._pair_batch(chosen, rejected, prompt_len)
-        logps, mask, pad_mask = response_logprobs(self.policy, seq, lens)  # (2B, T-1): [chosen; rejected] in one forward
+        logps, mask = self._pair_logps(self.policy, chosen, rejected, prompt_len)
         policy_chosen, policy_rejected = REDUCTIONS[self.reduction](logps, mask).chunk(2)
         if ref_chosen_logps is None or ref_rejected_logps is None:
             ref_chosen_logps, ref_rejected_logps = self.ref_logps(chosen, rejected, prompt_len)
@@ -179,4 +187,6 @@ class DPO(nn.Module):
             loss = loss + self.nll_weight * nll
             metrics["nll"] = nll.detach()
         metrics["loss"] = loss.detach()
-        return StepOutput(loss=loss, metrics=metrics, num_tokens=int(pad_mask.sum()))
+        # tokens of the chosen and rejected sequences, prompt counted in both however it was computed
+        num_tokens = int((chosen >= 0).sum() + (rejected >= 0).sum())
+        return StepOutput(loss=loss, metrics=metrics, num_tokens=num_tokens)

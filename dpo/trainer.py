@@ -37,8 +37,8 @@ _DPO_INPUTS = ("chosen", "rejected", "prompt_len", "ref_chosen_logps", "ref_reje
 
 
 def _pair_length(item: dict) -> int:
-    """Longest real (non-pad) row of a pair: the length its batch is padded to."""
-    return int(max((item["chosen"] >= 0).sum(), (item["rejected"] >= 0).sum()))
+    """Prompt once plus both responses: the shared-prompt row length, a sort key for padding."""
+    return int((item["chosen"] >= 0).sum() + (item["rejected"] >= 0).sum() - item["prompt_len"])
 
 
 class _WithRefLogps(Dataset):

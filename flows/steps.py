@@ -441,6 +441,7 @@ def train_dpo(
             label_smoothing=cfg.label_smoothing,
             nll_weight=cfg.nll_weight,
             reduction=cfg.reduction,
+            share_prompt=cfg.share_prompt,
         )
         trainer = dpo.DPOTrainer(
             model_with_ref,
