@@ -18,7 +18,9 @@ tokenization gives back the same ids.
 Timed: the `train()` call only. Not timed: model build, TRL's dataset tokenization (done in its
 constructor), our memmap writing. Inside `train()` ours includes the reference precompute (default
 mode) and TRL includes its Trainer setup (optimizer, accelerator prepare, dataloader).
-Throughput = non-pad tokens of chosen + rejected rows (prompt included) per second of `train()`.
+Throughput = non-pad tokens of chosen + rejected rows (prompt included) per second of `train()`,
+the same count for every contender: ours computes each prompt once per pair (`dpo.shared_prompt`),
+TRL twice, and both are credited with the same pairs.
 "steady" = median time of steps 2..S (step 1 carries the one-time costs).
 """
 

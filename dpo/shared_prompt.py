@@ -8,7 +8,8 @@ the prompt alone, so the row gets a 4-D attention mask (causal, and a response t
 the prompt and its own response only) and position ids that restart at the prompt length for the
 rejected segment. The first rejected token is scored by the logits at the last prompt token, like
 the first chosen token. Every log-prob is the two-row value up to float rounding, while the
-prompt is computed once instead of twice and a batch pads B rows instead of 2B.
+prompt is computed once instead of twice and a batch pads B rows instead of 2B. (With dropout on,
+both responses see the same dropout noise on the prompt, where two rows would draw it twice.)
 
 This needs a HF model whose attention takes a custom 4-D mask (SDPA or eager attention);
 `supports_shared_prompt` says whether a model qualifies.
