@@ -28,7 +28,7 @@ __all__ = ["SharedPromptRows", "shared_prompt_logprobs", "shared_prompt_rows", "
 # Segment of each row position.
 PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, 3
 # Attention implementations that apply a custom 4-D mask as given (flash-attention kernels do not).
-_MASKED_ATTENTION = {"sdpa": torch.bool, "eager": None}  # None: an additive float mask
+_MASKED_ATTENTION = ("sdpa", "eager")
 
 
 def supports_shared_prompt(model: nn.Module) -> bool:
@@ -88,7 +88,7 @@ def shared_prompt_rows(chosen: torch.Tensor, rejected: torch.Tensor, prompt_len:
         rejected.gather(1, (j - c).clamp(0, last)),
         chosen.gather(1, j.clamp(max=last).expand_as(segment)),
     )
-    ids = torch.where(segment == PAD, 0, ids).clamp(min=0)
+    ids = ids.masked_fill(segment == PAD, 0)  # every other position holds a real token
     position_ids = torch.where(is_rejected, j - c, j).masked_fill(segment == PAD, 0)
 
     causal = j.T >= j  # (T, T): query i sees key j <= i
@@ -116,8 +116,8 @@ def shared_prompt_rows(chosen: torch.Tensor, rejected: torch.Tensor, prompt_len:
 
 
 def _attention_mask(model: nn.Module, allowed: torch.Tensor) -> torch.Tensor:
-    """The 4-D mask in the form the model's attention takes: bool for SDPA, additive otherwise."""
-    if _MASKED_ATTENTION[model.config._attn_implementation] is torch.bool:
+    """The 4-D mask in the form the model's attention takes: bool for SDPA, additive for eager."""
+    if model.config._attn_implementation == "sdpa":
         return allowed
     dtype = next(model.parameters()).dtype
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
