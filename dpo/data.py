@@ -87,7 +87,8 @@ def check_token_rows(
     """Validate token rows chunk by chunk.
 
     Checks, for every row: ids in [PAD_VALUE, vocab_size), the prompt is free of padding, the
-    padding is on the right only, and at least one response token follows the prompt.
+    padding is on the right only, and at least one response token follows the prompt; and that
+    the rows of one example (chosen and rejected) hold the same prompt.
 
     Args:
         seq: (n, ..., L) token ids (memmap); the middle axes are the rows of one example.
@@ -113,6 +114,9 @@ def check_token_rows(
                 real[..., 1:] & ~real[..., :-1]
             ).any(axis=(1, 2)),
             "no response token after the prompt": ~np.take_along_axis(real, lens, axis=2).all(axis=(1, 2)),
+            "chosen and rejected differ inside the prompt": (
+                (chunk != chunk[:, :1]) & (positions < lens)
+            ).any(axis=(1, 2)),
         }
         if vocab_size is not None:
             problems[f"token id >= vocab_size {vocab_size}"] = (chunk >= vocab_size).any(axis=(1, 2))

@@ -21,7 +21,7 @@ from ._modeling import frozen_copy, trim_right_padding
 from ._types import LossType, Reduction, StepOutput
 from .logprobs import REDUCTIONS, response_logprobs
 from .loss import preference_loss, validate_loss_args
-from .shared_prompt import shared_prompt_logprobs, supports_shared_prompt
+from .shared_prompt import shared_prompt_logprobs, shared_prompt_pays_off, supports_shared_prompt
 
 __all__ = ["DPO"]
 
@@ -38,7 +38,8 @@ class DPO(nn.Module):
         ref_ema_decay: 1.0 keeps the reference frozen; < 1 makes it an EMA of the policy.
         reduction: How token log-probs become a sequence score: "sum" (DPO) or "mean".
         share_prompt: Score chosen and rejected in one row that holds the prompt once (see
-            `dpo.shared_prompt`) when the model supports it; False always uses two rows per pair.
+            `dpo.shared_prompt`) where the model supports it and the batch is cheaper that way;
+            False always uses two rows per pair.
     """
 
     def __init__(
@@ -63,7 +64,7 @@ class DPO(nn.Module):
         self.policy = model
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
         self.nll_weight, self.ref_ema_decay, self.reduction = nll_weight, ref_ema_decay, reduction
-        self.share_prompt = share_prompt and supports_shared_prompt(model)
+        self.share_prompt = share_prompt
         self.ref_ema: EMA | None = None
         if self.ref_is_frozen:
             self.ref_model = frozen_copy(model)
@@ -115,8 +116,10 @@ class DPO(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token log-probs and masks (2B, R) of rows [chosen; rejected] under `model`, in one forward."""
         prompt_len = prompt_len.to(chosen.device)
-        if self.share_prompt:
-            return shared_prompt_logprobs(model, chosen, rejected, prompt_len)
+        if self.share_prompt and supports_shared_prompt(model):
+            hidden_size = getattr(model.config, "hidden_size", None)
+            if shared_prompt_pays_off(chosen, rejected, prompt_len, hidden_size):
+                return shared_prompt_logprobs(model, chosen, rejected, prompt_len)
         seq = trim_right_padding(torch.cat([chosen, rejected], dim=0))  # (2B, T)
         logps, mask, _ = response_logprobs(model, seq, torch.cat([prompt_len, prompt_len]))
         return logps, mask

@@ -11,8 +11,13 @@ the first chosen token. Every log-prob is the two-row value up to float rounding
 prompt is computed once instead of twice and a batch pads B rows instead of 2B. (With dropout on,
 both responses see the same dropout noise on the prompt, where two rows would draw it twice.)
 
-This needs a HF model whose attention takes a custom 4-D mask (SDPA or eager attention);
-`supports_shared_prompt` says whether a model qualifies.
+Only model families checked to give the two-row values take this path (`supports_shared_prompt`):
+plain causal attention with SDPA or eager kernels, positions from `position_ids`, every layer full
+attention. Sliding-window or chunked attention would lose its window (HF uses a custom mask as
+given), ALiBi biases follow the row index, and recurrent or convolution layers would carry the
+chosen tokens' state into the rejected ones. And because attention grows with the square of the row
+length, a batch whose responses are long next to its prompt runs as two rows instead
+(`shared_prompt_pays_off`).
 """
 
 from dataclasses import dataclass
@@ -23,17 +28,60 @@ from torch import nn
 from ._modeling import causal_lm_logits, is_hf_model
 from .logprobs import log_normalizer
 
-__all__ = ["SharedPromptRows", "shared_prompt_logprobs", "shared_prompt_rows", "supports_shared_prompt"]
+__all__ = [
+    "SharedPromptRows",
+    "shared_prompt_logprobs",
+    "shared_prompt_pays_off",
+    "shared_prompt_rows",
+    "supports_shared_prompt",
+]
 
 # Segment of each row position.
 PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, 3
+# HF model types whose shared-prompt log-probs are tested equal to two rows (tests/dpo/test_shared_prompt.py).
+CHECKED_MODEL_TYPES = frozenset(
+    {"gemma", "gpt2", "gpt_neox", "gptj", "llama", "mistral", "olmo2", "opt", "phi", "phi3", "qwen2", "qwen3"}
+)
 # Attention implementations that apply a custom 4-D mask as given (flash-attention kernels do not).
 _MASKED_ATTENTION = ("sdpa", "eager")
 
 
 def supports_shared_prompt(model: nn.Module) -> bool:
-    """True for a HF model whose attention implementation applies a custom 4-D mask."""
-    return is_hf_model(model) and getattr(model.config, "_attn_implementation", None) in _MASKED_ATTENTION
+    """True for a HF model of a checked family, SDPA or eager attention, full attention in every layer."""
+    if not is_hf_model(model):
+        return False
+    config = model.config
+    layer_types = getattr(config, "layer_types", None)
+    full_attention = (
+        all(kind == "full_attention" for kind in layer_types)
+        if layer_types is not None
+        else getattr(config, "sliding_window", None) is None
+    )
+    return (
+        getattr(config, "model_type", None) in CHECKED_MODEL_TYPES
+        and getattr(config, "_attn_implementation", None) in _MASKED_ATTENTION
+        and full_attention
+    )
+
+
+def shared_prompt_pays_off(
+    chosen: torch.Tensor, rejected: torch.Tensor, prompt_len: torch.Tensor, hidden_size: int | None
+) -> bool:
+    """Whether one shared-prompt row per pair costs less than two rows for this batch.
+
+    A row of T positions costs about T * (24 h^2 + a T h) FLOPs per layer: its matmuls plus attention
+    scores, with a = 4 for a custom mask (every key is computed) and about 2 for the causal kernel.
+
+    Args:
+        chosen, rejected, prompt_len: The batch, as for `shared_prompt_rows`.
+        hidden_size: The model's hidden size h; None (unknown) always shares.
+    """
+    if not hidden_size:
+        return True
+    p = prompt_len.to(chosen.device)
+    c_end, r_end = (chosen >= 0).sum(dim=1), (rejected >= 0).sum(dim=1)  # prompt + response
+    shared, two_rows = int((c_end + r_end - p).max()), int(torch.maximum(c_end, r_end).max())
+    return shared * (6 * hidden_size + shared) < 2 * two_rows * (6 * hidden_size + two_rows / 2)
 
 
 @dataclass(frozen=True)
@@ -76,6 +124,10 @@ def shared_prompt_rows(chosen: torch.Tensor, rejected: torch.Tensor, prompt_len:
     """
     device = chosen.device
     p = prompt_len.to(device=device, dtype=torch.long).unsqueeze(1)  # (B, 1)
+    j = torch.arange(chosen.shape[1], device=device).unsqueeze(0)  # (1, L)
+    differs = ((chosen != rejected) & (j < p)).any(dim=1)
+    if differs.any():
+        raise ValueError(f"chosen and rejected must share their prompt; they differ in pair {int(differs.nonzero()[0])}")
     c = (chosen >= 0).sum(dim=1, keepdim=True) - p
     r = (rejected >= 0).sum(dim=1, keepdim=True) - p
     length = int((p + c + r).max())

@@ -28,6 +28,7 @@ from ._types import NonFiniteLossError
 from .early_stopping import EarlyStopDecision, EarlyStopper, WeightSnapshot
 from .loop import LogFn, TrainingLoop, iter_shard_batches, summarize
 from .model import DPO
+from .shared_prompt import supports_shared_prompt
 from .train_state import RoundState, load_train_state, restore_rng, save_train_state
 
 __all__ = ["DPOTrainer", "Evaluator"]
@@ -36,9 +37,10 @@ Evaluator = Callable[[nn.Module], float]
 _DPO_INPUTS = ("chosen", "rejected", "prompt_len", "ref_chosen_logps", "ref_rejected_logps")
 
 
-def _pair_length(item: dict) -> int:
-    """Prompt once plus both responses: the shared-prompt row length, a sort key for padding."""
-    return int((item["chosen"] >= 0).sum() + (item["rejected"] >= 0).sum() - item["prompt_len"])
+def _pair_length(item: dict, shared_prompt: bool) -> int:
+    """The length a pair's batch is padded to: its shared-prompt row or its longer row."""
+    chosen, rejected = int((item["chosen"] >= 0).sum()), int((item["rejected"] >= 0).sum())
+    return chosen + rejected - int(item["prompt_len"]) if shared_prompt else max(chosen, rejected)
 
 
 class _WithRefLogps(Dataset):
@@ -209,7 +211,8 @@ class DPOTrainer:
         """Compute reference log-probs once (sharded, then summed across processes)."""
         ref = torch.zeros(len(dataset), 2, dtype=torch.float32, device=self.accelerator.device)
         # Each pair's result is independent of its batch: batch pairs of similar length (less padding).
-        lengths = [_pair_length(dataset[i]) for i in range(len(dataset))]
+        shared = self.dpo.share_prompt and supports_shared_prompt(self.dpo.reference)
+        lengths = [_pair_length(dataset[i], shared) for i in range(len(dataset))]
         for positions, batch in iter_shard_batches(dataset, self.batch_size, self.accelerator, lengths):
             chosen, rejected = self.dpo.ref_logps(batch["chosen"], batch["rejected"], batch["prompt_len"])
             ref[positions.to(ref.device)] = torch.stack([chosen, rejected], dim=1).float()

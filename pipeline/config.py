@@ -138,7 +138,7 @@ class DPOConfig(OptimConfig):
     nll_weight: float = Field(0.0, ge=0, description="weight of an NLL term on chosen responses (RPO)")
     reduction: Literal["sum", "mean"] = Field("sum", description="log-probs summed (DPO paper) or averaged over tokens")
     precompute_ref_logps: bool = Field(True, description="reference log-probs once per round instead of every step")
-    share_prompt: bool = Field(True, description="score chosen and rejected in one row holding the prompt once (SDPA/eager HF models)")
+    share_prompt: bool = Field(True, description="score chosen and rejected in one row holding the prompt once (checked model families, batches where it is cheaper)")
     checkpoint_every: int | None = Field(
         None, ge=1, description="save the training state every N steps so a killed DPO step resumes mid-round (None: off)"
     )

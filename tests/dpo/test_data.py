@@ -86,6 +86,7 @@ def _token_case(value_at, position):
         (-2, 3, "token id < -1"),
         (PAD_VALUE, 1, "padding inside the prompt"),
         (9, 5, "a real token after padding"),
+        (9, 0, "chosen and rejected differ inside the prompt"),
     ],
 )
 def test_token_problems(tmp_path, value, position, match):

@@ -17,24 +17,37 @@ from dpo import (
     write_preference_memmaps,
 )
 from dpo._modeling import set_dropout
-from dpo.shared_prompt import shared_prompt_rows
+from dpo.shared_prompt import CHECKED_MODEL_TYPES, shared_prompt_pays_off, shared_prompt_rows
 from tests.dpo._helpers import VOCAB, TinyLM, random_rows, tiny_llama
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             max_position_embeddings=64)
+             max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
+T = transformers
+# Every family in CHECKED_MODEL_TYPES, as a tiny config: (config class, model class, overrides of SMALL).
+FAMILIES = {
+    "gemma": (T.GemmaConfig, T.GemmaForCausalLM, dict(head_dim=8)),
+    "gpt2": (T.GPT2Config, T.GPT2LMHeadModel, dict(n_embd=32, n_layer=2, n_head=4, n_positions=64)),
+    "gpt_neox": (T.GPTNeoXConfig, T.GPTNeoXForCausalLM, {}),
+    "gptj": (T.GPTJConfig, T.GPTJForCausalLM, dict(n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64)),
+    "llama": (T.LlamaConfig, T.LlamaForCausalLM, {}),
+    "mistral": (T.MistralConfig, T.MistralForCausalLM, dict(sliding_window=None)),
+    "olmo2": (T.Olmo2Config, T.Olmo2ForCausalLM, {}),
+    "opt": (T.OPTConfig, T.OPTForCausalLM, dict(ffn_dim=64, word_embed_proj_dim=32)),
+    "phi": (T.PhiConfig, T.PhiForCausalLM, {}),
+    "phi3": (T.Phi3Config, T.Phi3ForCausalLM, dict(pad_token_id=0)),
+    "qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM, {}),
+    "qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM, dict(head_dim=8)),
+}
 
 
-def _model(family: str, attn: str) -> torch.nn.Module:
+def _model(family: str, attn: str = "sdpa", **overrides) -> torch.nn.Module:
+    config_cls, model_cls, extra = FAMILIES[family]
+    config = config_cls(vocab_size=VOCAB, **{**SMALL, **extra, **overrides})
+    config._attn_implementation = attn
     torch.manual_seed(0)
-    if family == "gpt2":
-        config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                         bos_token_id=1, eos_token_id=2, attn_implementation=attn)
-        return transformers.GPT2LMHeadModel(config).double().eval()
-    config_cls, model_cls = {
-        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
-    }[family]
-    return model_cls(config_cls(vocab_size=VOCAB, attn_implementation=attn, **SMALL)).double().eval()
+    model = model_cls(config).double().eval()
+    set_dropout(model, 0.0)
+    return model
 
 
 def _batch(tmp_path, n: int = 7, seed: int = 3) -> dict[str, torch.Tensor]:
@@ -71,9 +84,12 @@ def test_layout_of_one_pair():
     assert rows.rejected_mask[0].tolist() == [True, True, True]
 
 
-@pytest.mark.parametrize(
-    "family, attn", [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa"), ("gpt2", "sdpa"), ("gpt2", "eager")]
-)
+def test_every_checked_family_is_tested():
+    assert set(FAMILIES) == CHECKED_MODEL_TYPES
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_logprobs_equal_each_row_scored_alone(tmp_path, family, attn):
     model = _model(family, attn)
     assert supports_shared_prompt(model)
@@ -92,10 +108,9 @@ def test_logprobs_equal_each_row_scored_alone(tmp_path, family, attn):
 @pytest.mark.parametrize("family, rtol", [("gpt2", 1e-10), ("llama", 1e-5)])
 def test_dpo_loss_and_gradients_match_the_two_row_forward(tmp_path, family, rtol):
     batch = _batch(tmp_path)
-    model = _model(family, "sdpa")
-    set_dropout(model, 0.0)
+    model = _model(family)
+    assert shared_prompt_pays_off(batch["chosen"], batch["rejected"], batch["prompt_len"], model.config.hidden_size)
     shared, two_rows = DPO(model, share_prompt=True), DPO(copy.deepcopy(model), share_prompt=False)
-    assert shared.share_prompt and not two_rows.share_prompt
     with torch.no_grad():  # move both policies away from the reference so the loss is not ln 2
         for a, b in zip(shared.policy.parameters(), two_rows.policy.parameters()):
             a.add_(0.05 * torch.randn_like(a))
@@ -123,9 +138,45 @@ def test_eager_attention_gets_an_additive_mask_in_float32(tmp_path):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-4)
 
 
-def test_models_without_a_custom_mask_path_use_two_rows():
-    assert not supports_shared_prompt(TinyLM())
-    assert not DPO(TinyLM(), share_prompt=True).share_prompt
-    model = tiny_llama()
-    model.config._attn_implementation = "flex_attention"  # takes block masks, not a dense 4-D mask
-    assert not supports_shared_prompt(model)
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: TinyLM(),  # not a HF model: no 4-D mask input
+        lambda: _model("mistral", sliding_window=4),  # a custom mask would drop the window
+        lambda: _model("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0),
+        lambda: _model("llama", attn="flex_attention"),  # takes block masks, not a dense 4-D mask
+        lambda: transformers.BloomForCausalLM(transformers.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=1, n_head=4)),  # ALiBi
+    ],
+    ids=["plain-module", "mistral-sliding-window", "qwen2-sliding-window", "flex-attention", "bloom-alibi"],
+)
+def test_unchecked_models_use_two_rows(build):
+    assert not supports_shared_prompt(build())
+
+
+def _rows_per_forward(dpo: DPO, batch: dict) -> int:
+    seen = []
+    hook = dpo.policy.get_input_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        dpo(batch["chosen"], batch["rejected"], batch["prompt_len"])
+    hook.remove()
+    return seen[0]
+
+
+def test_long_responses_after_a_short_prompt_run_as_two_rows(tmp_path):
+    # one shared row of T = p + c + r costs more attention than two rows of p + max(c, r) once
+    # T is large next to the hidden size
+    long_rows = [([5], list(range(3, 60)), list(range(4, 61)))] * 2
+    short_rows = [(list(range(3, 40)), [7, 8], [9])] * 2
+    dpo = DPO(_model("llama"))
+    for rows, expected in [(long_rows, 4), (short_rows, 2)]:
+        folder = tmp_path / str(expected)
+        dataset = DPODataset(write_preference_memmaps(folder, rows, max_len=64))
+        batch = default_collate([dataset[i] for i in range(len(dataset))])
+        assert _rows_per_forward(dpo, batch) == expected
+    assert shared_prompt_pays_off(batch["chosen"], batch["rejected"], batch["prompt_len"], None)
+
+
+def test_prompts_that_differ_are_rejected():
+    chosen, rejected = torch.tensor([[5, 6, 7]]), torch.tensor([[5, 9, 7]])
+    with pytest.raises(ValueError, match="share their prompt; they differ in pair 0"):
+        shared_prompt_rows(chosen, rejected, torch.tensor([2]))
