@@ -197,6 +197,12 @@ def _save(path: Path, array) -> None:
     np.save(path, array)
 
 
+def _edit_rejected_prompt(path: Path) -> None:
+    seq = np.load(path)
+    seq[0, 1, 0] += 1  # pair 0's rejected row gets another first prompt token
+    _save(path, seq)
+
+
 MEMMAP_ROWS = [
     ("wrong shape (n, 3, L)", lambda f: _save(f / "preference_seq.memmap.npy", np.zeros((2, 3, 6), np.int32)),
      "expected shape (n, 2, L)"),
@@ -211,6 +217,8 @@ MEMMAP_ROWS = [
      "has 3 entries but"),
     ("padding inside the prompt", lambda f: _save(f / "prompt_len.memmap.npy", np.array([4, 1])),
      "padding inside the prompt"),
+    ("chosen and rejected with different prompts", lambda f: _edit_rejected_prompt(f / "preference_seq.memmap.npy"),
+     "chosen and rejected differ inside the prompt"),
     ("missing prompt_len file", lambda f: (f / "prompt_len.memmap.npy").unlink(), "file not found"),
 ]
 
