@@ -16,6 +16,7 @@ from ._types import Reduction
 
 __all__ = [
     "log_normalizer",
+    "mean_token_nll",
     "response_logprobs",
     "response_target_mask",
     "selective_log_softmax",
@@ -137,6 +138,11 @@ def response_logprobs(
     picked = selective_log_softmax(logits, ids[:, 1:][mask])  # (N,)
     logps = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device).masked_scatter(mask, picked)
     return logps, mask, pad_mask
+
+
+def mean_token_nll(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood averaged over the masked tokens of the whole batch (0 if none)."""
+    return -logps.sum() / mask.sum().clamp(min=1)
 
 
 def _sum(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ._modeling import frozen_copy, trim_right_padding
 from ._types import LossType, Reduction, StepOutput
-from .logprobs import REDUCTIONS, response_logprobs
+from .logprobs import REDUCTIONS, mean_token_nll, response_logprobs
 from .loss import preference_loss, validate_loss_args
 from .shared_prompt import shared_prompt_logprobs, shared_prompt_pays_off, supports_shared_prompt
 
@@ -186,7 +186,7 @@ class DPO(nn.Module):
         if self.nll_weight > 0:
             batch = chosen.shape[0]
             # token-level mean over the chosen responses of the whole batch
-            nll = -logps[:batch].sum() / mask[:batch].sum().clamp(min=1)
+            nll = mean_token_nll(logps[:batch], mask[:batch])
             loss = loss + self.nll_weight * nll
             metrics["nll"] = nll.detach()
         metrics["loss"] = loss.detach()

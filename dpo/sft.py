@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from ._modeling import trim_right_padding
 from ._types import StepOutput
 from .data import PAD_VALUE, PROMPT_LEN_FILE, check_token_rows, open_npy, save_npy_atomic
-from .logprobs import response_logprobs, token_logprobs
+from .logprobs import mean_token_nll, response_logprobs, token_logprobs
 from .loop import LogFn, TrainingLoop, iter_shard_batches, summarize
 
 __all__ = ["SFT_SEQ_FILE", "SFTDataError", "SFTDataset", "SFTTrainer", "sft_loss", "write_sft_memmaps"]
@@ -132,8 +132,7 @@ def sft_loss(
         `(loss, num_targets)`: scalar token-mean NLL and the number of response targets.
     """
     logps, mask = token_logprobs(logits, seq, prompt_len, pad_mask)  # (B, T-1)
-    num_targets = mask.sum()
-    return -logps.sum() / num_targets.clamp(min=1), num_targets
+    return mean_token_nll(logps, mask), mask.sum()
 
 
 class _SFTObjective(nn.Module):
@@ -145,7 +144,7 @@ class _SFTObjective(nn.Module):
 
     def forward(self, seq: torch.Tensor, prompt_len: torch.Tensor) -> StepOutput:
         logps, mask, pad_mask = response_logprobs(self.policy, trim_right_padding(seq), prompt_len)
-        loss = -logps.sum() / mask.sum().clamp(min=1)
+        loss = mean_token_nll(logps, mask)
         return StepOutput(loss=loss, metrics={"loss": loss.detach()}, num_tokens=int(pad_mask.sum()))
 
 
