@@ -90,13 +90,17 @@ def _instrument(probe: Probe) -> None:
             setattr(Tracker, name, probe.wrap("mlflow", name, attr))
     for name in [n for n in vars(report) if n.startswith("plot_")]:
         setattr(report, name, probe.wrap("plot", name, getattr(report, name)))
-    import flows.pipeline
-    import flows.steps
+    import flows.run
+    import flows.stepdir
+    from flows.steps import common, evaluate, generate, judge, start, train
 
-    flows.steps.run_step = probe.wrap(
-        "step", "run_step", flows.steps.run_step, key=lambda step, path, *a, **k: f"{Path(path).parent.name}/{step}"
+    timed_step = probe.wrap(
+        "step", "run_step", flows.stepdir.run_step, key=lambda step, path, *a, **k: f"{Path(path).parent.name}/{step}"
     )
-    iteration_flow = flows.pipeline.iteration_flow
+    for module in (common, evaluate, generate, judge, start, train):  # each imported run_step by name
+        if hasattr(module, "run_step"):
+            module.run_step = timed_step
+    iteration_flow = flows.run.iteration_flow
 
     def timed_iteration(*args: Any, **kwargs: Any) -> Any:
         probe.phase = "iteration"
@@ -105,7 +109,7 @@ def _instrument(probe: Probe) -> None:
         finally:
             probe.phase = "setup"
 
-    flows.pipeline.iteration_flow = timed_iteration
+    flows.run.iteration_flow = timed_iteration
 
 
 def child(out_json: Path, work: Path, overrides: list[str], threads: int) -> None:

@@ -3,8 +3,8 @@
 Workload: synthetic `candidates.jsonl` files shaped like the candidates step's output (N=4 candidates
 of 64 new tokens per prompt, 48-token prompts, token ids from a 32k vocabulary, ~3 KB per prompt) at
 a small and a larger (8x; 4x with --quick) number of prompts. The real step functions run on them:
-`flows.steps.judge_candidates` with an external reward function (`crc_reward` below: the fast path,
-no model, so the sweep takes seconds), then `flows.steps.build_pairs` on its judgments.
+`flows.steps.judge_step` with an external reward function (`crc_reward` below: the fast path,
+no model, so the sweep takes seconds), then `flows.steps.pairs_step` on its judgments.
 
 Each measurement runs in a fresh child process, forked from a parent that has done nothing but
 import the project (torch, transformers: 3-4 s that every child would repeat if it were spawned);
@@ -77,12 +77,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     run_dir = root / f"{step}-{tracer}"
     if step == "judge":
         def call():
-            return steps.judge_candidates(config, 1, run_dir, model, candidates)
+            return steps.judge_step(config, 1, run_dir, model, candidates, steps.inference_model(config, model))
     else:  # the judgments written by the rss judge child of the same size
         judgments = StepRecord(step="judge", path=str(root / "judge-rss" / "iter-1" / "judgments"), fingerprint=root.name)
 
         def call():
-            return steps.build_pairs(config, 1, run_dir, candidates, judgments)
+            return steps.pairs_step(config, 1, run_dir, candidates, judgments)
 
     start = now()
     if tracer == "heap":

@@ -1,4 +1,4 @@
-"""Sampling + judging throughput (new tokens/s): our `generation.generate` / `judging.judge_candidates`
+"""Sampling + judging throughput (new tokens/s): our `generation.generate` / `judging.judge_responses`
 against plain Hugging Face `model.generate` loops, on the same model, prompts, N, K and settings.
 
 Workload (the demo's shapes, read from `configs/demo.yaml`): the demo's tiny Llama and BPE tokenizer
@@ -7,7 +7,7 @@ chat format, N candidates per prompt (candidate sampling settings of the demo), 
 candidate with the demo's judge template and judge sampling settings.
 
 Contenders, alternated A, B, C, A, B, C ... (medians reported):
-    ours        `generate(..., num_samples=N)` once for all prompts; `judge_candidates(..., K)` once
+    ours        `generate(..., num_samples=N)` once for all prompts; `judge_responses(..., K)` once
                 (bucketed KV-cached decoding, shared judge-prefix prefill, finished rows dropped)
     hf-loop     one `model.generate(num_return_sequences=N)` call per prompt, then one
                 `model.generate(num_return_sequences=K)` call per candidate's judge prompt
@@ -21,7 +21,7 @@ whose `eos_token_id` is an id the model cannot emit (the only way: `generate` ha
 All contenders judge the same candidate texts (sampled once by ours, untimed). Judge prompts are
 built with the project's own `encode_chat_prompt(template.render(...))` for every contender.
 
-Timed: the generate / judge calls (including prompt encoding inside `judge_candidates`, which the
+Timed: the generate / judge calls (including prompt encoding inside `judge_responses`, which the
 plain contenders do inside their timed region too); not timed: model and tokenizer build.
 """
 
@@ -131,10 +131,10 @@ def ours_candidates(model, tokenizer, prompt_ids, params, n: int) -> tuple[int, 
 
 
 def ours_judge(model, tokenizer, prompts, candidates, template, params, k: int) -> int:
-    from judging import JudgingStats, judge_candidates
+    from judging import JudgingStats, judge_responses
 
     stats = JudgingStats()
-    judge_candidates(model, tokenizer, prompts, candidates, template=template, num_judgments=k, params=params,
+    judge_responses(model, tokenizer, prompts, candidates, template=template, num_judgments=k, params=params,
                      stats=stats)
     return stats.new_tokens
 

@@ -29,21 +29,15 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 if str(ROOT) not in sys.path:  # the project packages, when the editable install is missing
     sys.path.insert(1, str(ROOT))
 
-from pipeline.cli import OFFLINE_ENV as _CLI_ENV  # noqa: E402  (light: config only, no torch)
+from pipeline.env import apply_env_defaults  # noqa: E402  (light: no torch)
 
-# The CLI's offline hygiene, plus what only benchmarks need (scripts can run without make).
-OFFLINE_ENV = {
-    **_CLI_ENV,
-    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-    # Must be set before torch loads OpenMP. With libgomp's default (active spin-wait), 2 torch threads
-    # on 2 cores shared with other jobs ran 3-9x slower than 1 thread in our measurements and run-to-run
-    # noise exploded; passive waiting keeps runs comparable under load. The price: on an idle machine
-    # small ops get slower (demo-size training step 26 ms active vs 49 ms passive with 2 threads).
-    # bench_ceiling.py measures both; export OMP_WAIT_POLICY=ACTIVE to benchmark the default.
-    "OMP_WAIT_POLICY": "PASSIVE",
-}
-for _key, _value in OFFLINE_ENV.items():
-    os.environ.setdefault(_key, _value)
+# Scripts can run without make: the entry points' defaults (OMP_WAIT_POLICY=PASSIVE among them: with
+# libgomp's active spin-wait, 2 torch threads on 2 busy cores ran 3-9x slower than 1 thread and run-to-
+# run noise exploded; on an idle machine passive waiting costs speed instead, a demo-size training step
+# took 26 ms active vs 49 ms passive with 2 threads; bench_ceiling.py measures both, export
+# OMP_WAIT_POLICY=ACTIVE to benchmark the default), plus what only benchmarks need.
+apply_env_defaults()
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 # ---------------------------------------------------------------- setup

@@ -3,6 +3,7 @@
 Imports only torch, accelerate, ema_pytorch, numpy, safetensors and tqdm.
 """
 
+from ._modeling import set_dropout
 from ._types import LossType, NonFiniteLossError, Reduction, StepOutput
 from .checkpoint import WEIGHTS_FILE, CheckpointError, load_checkpoint, save_checkpoint
 from .data import (
@@ -16,12 +17,15 @@ from .data import (
     write_preference_memmaps,
 )
 from .early_stopping import EarlyStopDecision, EarlyStopper, WeightSnapshot
+from .files import fsync_tree, publish_dir, temp_sibling, write_json_atomic, write_text_atomic
 from .logprobs import response_logprobs, selective_log_softmax, sequence_logprobs, token_logprobs
 from .loss import LOSSES, PreferenceLossOutput, preference_loss
 from .model import DPO
 from .optim import build_adamw, build_scheduler, warmup_linear_decay
+from .settings import EarlyStopping, LossSettings, OptimSettings
 from .sft import SFT_SEQ_FILE, SFTDataError, SFTDataset, SFTTrainer, sft_loss, write_sft_memmaps
 from .shared_prompt import shared_prompt_logprobs, supports_shared_prompt
+from .train import split_validation, train_dpo, train_sft
 from .train_state import RoundState, load_train_state, restore_rng, save_train_state
 from .trainer import DPOTrainer, Evaluator
 
@@ -40,9 +44,12 @@ __all__ = [
     "DPOTrainer",
     "EarlyStopDecision",
     "EarlyStopper",
+    "EarlyStopping",
     "Evaluator",
+    "LossSettings",
     "LossType",
     "NonFiniteLossError",
+    "OptimSettings",
     "PreferenceDataError",
     "PreferenceLossOutput",
     "Reduction",
@@ -54,20 +61,29 @@ __all__ = [
     "WeightSnapshot",
     "build_adamw",
     "build_scheduler",
+    "fsync_tree",
     "load_checkpoint",
     "load_train_state",
     "preference_loss",
-    "restore_rng",
-    "save_train_state",
-    "save_checkpoint",
+    "publish_dir",
     "response_logprobs",
+    "restore_rng",
+    "save_checkpoint",
+    "save_train_state",
     "selective_log_softmax",
+    "set_dropout",
     "sequence_logprobs",
     "sft_loss",
     "shared_prompt_logprobs",
+    "split_validation",
     "supports_shared_prompt",
+    "temp_sibling",
     "token_logprobs",
+    "train_dpo",
+    "train_sft",
     "warmup_linear_decay",
+    "write_json_atomic",
     "write_preference_memmaps",
     "write_sft_memmaps",
+    "write_text_atomic",
 ]

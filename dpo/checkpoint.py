@@ -10,7 +10,6 @@ Loading only ever reads safetensors (no pickle).
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import safetensors.torch
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from ._modeling import is_hf_model
+from .files import publish_dir, temp_sibling
 from .model import DPO
 
 __all__ = ["WEIGHTS_FILE", "CheckpointError", "load_checkpoint", "save_checkpoint"]
@@ -47,18 +47,14 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     policy = _policy(model)
-    tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_sibling(directory)
     tmp.mkdir()
     try:
         if is_hf_model(policy):
             policy.save_pretrained(tmp)
         else:
             safetensors.torch.save_model(policy, str(tmp / WEIGHTS_FILE))
-        old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory

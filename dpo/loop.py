@@ -24,6 +24,7 @@ from ._modeling import set_dropout
 from ._types import NonFiniteLossError, StepOutput
 from .checkpoint import save_checkpoint
 from .optim import build_adamw, build_scheduler
+from .settings import OptimSettings
 
 __all__ = ["LogFn", "TrainingLoop", "iter_shard_batches", "summarize"]
 
@@ -79,17 +80,8 @@ class TrainingLoop:
         objective: Module whose `forward(**inputs)` returns a `StepOutput` (e.g. `DPO`).
         policy: The trainable network inside `objective` (gets AdamW and dropout).
         input_keys: Batch keys forwarded to the objective (others, like "index", are dropped).
+        optim: Optimizer, schedule and round length.
         accelerator: Accelerator to use; a default one is created when None.
-        batch_size: Examples per micro-batch per process.
-        grad_accum_steps: Micro-batches per optimizer step.
-        start_learning_rate: Peak learning rate (after warm-up).
-        end_learning_rate: Learning rate at the last step of a round.
-        warmup_steps: Linear warm-up steps.
-        weight_decay: AdamW decoupled weight decay (matrices only).
-        max_grad_norm: Gradient clipping threshold; None disables clipping (norm still logged).
-        dropout: Dropout probability set on the policy.
-        num_train_steps: Optimizer steps per round, or None.
-        num_epochs: Epochs per round, or None; with both None a round is one epoch.
         seed: Seed of the data order (offset by the round index).
         log_fn: Optional callback `log_fn(metrics, step)`, called on the main process.
     """
@@ -100,40 +92,24 @@ class TrainingLoop:
         policy: nn.Module,
         *,
         input_keys: tuple[str, ...],
+        optim: OptimSettings,
         accelerator: Accelerator | None = None,
-        batch_size: int = 16,
-        grad_accum_steps: int = 1,
-        start_learning_rate: float = 1e-6,
-        end_learning_rate: float = 1e-7,
-        warmup_steps: int = 0,
-        weight_decay: float = 0.0,
-        max_grad_norm: float | None = 1.0,
-        dropout: float = 0.1,
-        num_train_steps: int | None = None,
-        num_epochs: int | None = None,
         seed: int = 0,
         log_fn: LogFn | None = None,
     ) -> None:
-        for name, value in {"batch_size": batch_size, "grad_accum_steps": grad_accum_steps}.items():
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value!r}")
-        for name, value in {"num_train_steps": num_train_steps, "num_epochs": num_epochs}.items():
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {value!r}")
         self.accelerator = accelerator or Accelerator()
         if self.accelerator.gradient_accumulation_steps != 1:
             # accelerator.backward would divide the loss a second time.
             raise ValueError(
-                "pass grad_accum_steps to the trainer and leave Accelerator(gradient_accumulation_steps) at 1"
+                "pass grad_accum_steps in OptimSettings and leave Accelerator(gradient_accumulation_steps) at 1"
             )
-        self.input_keys, self.batch_size, self.grad_accum_steps = input_keys, batch_size, grad_accum_steps
-        self.start_lr, self.end_lr, self.warmup_steps = start_learning_rate, end_learning_rate, warmup_steps
-        self.max_grad_norm, self.num_train_steps, self.num_epochs = max_grad_norm, num_train_steps, num_epochs
-        self.seed, self.log_fn = seed, log_fn
-        set_dropout(policy, dropout)
+        self.input_keys, self.optim, self.seed, self.log_fn = input_keys, optim, seed, log_fn
+        self.batch_size, self.grad_accum_steps = optim.batch_size, optim.grad_accum_steps
+        set_dropout(policy, optim.dropout)
         self.policy = policy
-        optimizer = build_adamw(policy, start_learning_rate, weight_decay)
-        # Prepared once: later rounds reuse the same wrapped model and optimizer (pitfall B18).
+        optimizer = build_adamw(policy, optim.start_learning_rate, optim.weight_decay)
+        # Prepared once: later rounds reuse the same wrapped model and optimizer (one DDP wrapper
+        # per parameter set, however many rounds).
         self.model, self.optimizer = self.accelerator.prepare(objective, optimizer)
         self.scheduler = None
         self.global_step = 0
@@ -143,9 +119,9 @@ class TrainingLoop:
     def plan_steps(self, num_batches: int) -> int:
         """Optimizer steps in a round: min of num_train_steps and num_epochs epochs (1 epoch default)."""
         per_epoch = math.ceil(num_batches / self.grad_accum_steps)
-        limits = [n for n in (self.num_train_steps,) if n is not None]
-        if self.num_epochs is not None:
-            limits.append(self.num_epochs * per_epoch)
+        limits = [n for n in (self.optim.num_train_steps,) if n is not None]
+        if self.optim.num_epochs is not None:
+            limits.append(self.optim.num_epochs * per_epoch)
         return min(limits) if limits else per_epoch
 
     def begin_round(self, dataset: Dataset) -> tuple[Iterator[dict], int]:
@@ -166,10 +142,10 @@ class TrainingLoop:
         self.optimizer.state.clear()  # each round starts from fresh AdamW moments
         self.scheduler = build_scheduler(
             self.optimizer.optimizer,
-            warmup_steps=self.warmup_steps,
+            warmup_steps=self.optim.warmup_steps,
             total_steps=total_steps,
-            start_lr=self.start_lr,
-            end_lr=self.end_lr,
+            start_lr=self.optim.start_learning_rate,
+            end_lr=self.optim.end_learning_rate,
         )
         self.round += 1
         return _repeat(loader), total_steps
@@ -209,7 +185,7 @@ class TrainingLoop:
         start = time.perf_counter()
         self.model.train()
         sums, tokens = self._micro_batches(batches)
-        max_norm = self.max_grad_norm if self.max_grad_norm else float("inf")
+        max_norm = self.optim.max_grad_norm or float("inf")
         grad_norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), max_norm)
         metrics = self.gather_means({**sums, "tokens": float(tokens), "grad_norm": float(grad_norm)})
         # fp16 loss scaling produces inf gradients by design; the scaler skips those steps.

@@ -8,7 +8,8 @@ the policy (`ref_ema_decay < 1`), updated after every optimizer step by the trai
 
 ema-pytorch 0.8.3's `EMA.update()` is deliberately not used: its first call copies the policy
 into the EMA (`initted` flag) and `get_current_decay()` returns 0 (a full copy) for the first
-`update_after_step + 1` calls before ramping up with `inv_gamma`/`power` (pitfall B11). We call
+`update_after_step + 1` calls before ramping up with `inv_gamma`/`power`, so a reference meant to
+stay M_t would end the warm-up as a copy of the policy. We call
 `EMA.update_moving_average` with the constant decay instead, so the reference moves from
 step 1 exactly by the formula above.
 """

@@ -20,6 +20,7 @@ from ._types import StepOutput
 from .data import PAD_VALUE, PROMPT_LEN_FILE, check_token_rows, open_npy, save_npy_atomic
 from .logprobs import mean_token_nll, response_logprobs, token_logprobs
 from .loop import LogFn, TrainingLoop, iter_shard_batches, summarize
+from .settings import OptimSettings
 
 __all__ = ["SFT_SEQ_FILE", "SFTDataError", "SFTDataset", "SFTTrainer", "sft_loss", "write_sft_memmaps"]
 
@@ -154,18 +155,9 @@ class SFTTrainer:
     Args:
         model: HF causal LM or a module mapping ids (B, T) -> logits (B, T, V).
         train_dataset: An `SFTDataset` (or any dataset with "seq" and "prompt_len" items).
+        optim: Optimizer, schedule and length (the paper's SFT: learning rate 5.5e-6 -> 1.1e-6).
         valid_dataset: Optional dataset; its token-mean NLL is reported as `valid_loss`.
         accelerator: Accelerator to run on (a default one when None).
-        batch_size: Sequences per micro-batch per process.
-        grad_accum_steps: Micro-batches per optimizer step.
-        start_learning_rate: Peak learning rate (paper SFT: 5.5e-6).
-        end_learning_rate: Final learning rate (paper SFT: 1.1e-6).
-        warmup_steps: Linear warm-up steps.
-        weight_decay: AdamW weight decay.
-        max_grad_norm: Clipping norm (None: no clipping).
-        dropout: Dropout probability.
-        num_train_steps: Optimizer steps (None: use num_epochs).
-        num_epochs: Epochs (both None: one epoch).
         checkpoint_dir: Where the trained model is saved at the end (None: not saved).
         seed: Seed for the data order.
         log_fn: `log_fn(metrics, step)` callback (main process).
@@ -176,42 +168,17 @@ class SFTTrainer:
         model: nn.Module,
         *,
         train_dataset: Dataset,
+        optim: OptimSettings = OptimSettings(start_learning_rate=5.5e-6, end_learning_rate=1.1e-6),
         valid_dataset: Dataset | None = None,
         accelerator: Accelerator | None = None,
-        batch_size: int = 16,
-        grad_accum_steps: int = 1,
-        start_learning_rate: float = 5.5e-6,
-        end_learning_rate: float = 1.1e-6,
-        warmup_steps: int = 0,
-        weight_decay: float = 0.0,
-        max_grad_norm: float | None = 1.0,
-        dropout: float = 0.1,
-        num_train_steps: int | None = None,
-        num_epochs: int | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         seed: int = 0,
         log_fn: LogFn | None = None,
     ) -> None:
-        self.train_dataset, self.valid_dataset, self.batch_size = train_dataset, valid_dataset, batch_size
+        self.train_dataset, self.valid_dataset, self.batch_size = train_dataset, valid_dataset, optim.batch_size
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.loop = TrainingLoop(
-            _SFTObjective(model),
-            model,
-            input_keys=("seq", "prompt_len"),
-            accelerator=accelerator,
-            batch_size=batch_size,
-            grad_accum_steps=grad_accum_steps,
-            start_learning_rate=start_learning_rate,
-            end_learning_rate=end_learning_rate,
-            warmup_steps=warmup_steps,
-            weight_decay=weight_decay,
-            max_grad_norm=max_grad_norm,
-            dropout=dropout,
-            num_train_steps=num_train_steps,
-            num_epochs=num_epochs,
-            seed=seed,
-            log_fn=log_fn,
-        )
+        self.loop = TrainingLoop(_SFTObjective(model), model, input_keys=("seq", "prompt_len"), optim=optim,
+                                 accelerator=accelerator, seed=seed, log_fn=log_fn)
         self.accelerator = self.loop.accelerator
         self.objective = self.accelerator.unwrap_model(self.loop.model)
 

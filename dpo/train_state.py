@@ -32,6 +32,8 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from .files import publish_dir
+
 __all__ = ["RoundState", "load_train_state", "restore_rng", "save_train_state"]
 
 logger = logging.getLogger(__name__)
@@ -157,21 +159,9 @@ def save_train_state(
         (tmp / STATE_FILE).write_text(json.dumps(payload), encoding="utf-8")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _publish(tmp, directory)
+        publish_dir(tmp, directory, durable=True)
     accelerator.wait_for_everyone()
     return directory
-
-
-def _publish(tmp: Path, directory: Path) -> None:
-    for path in tmp.iterdir():  # durable before the rename makes it the state to resume from
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-    old = directory.parent / f".{directory.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_train_state(

@@ -28,6 +28,7 @@ from ._types import NonFiniteLossError
 from .early_stopping import EarlyStopDecision, EarlyStopper, WeightSnapshot
 from .loop import LogFn, TrainingLoop, iter_shard_batches, summarize
 from .model import DPO
+from .settings import EarlyStopping, OptimSettings
 from .shared_prompt import supports_shared_prompt
 from .train_state import RoundState, load_train_state, restore_rng, save_train_state
 
@@ -63,27 +64,15 @@ class DPOTrainer:
 
     Args:
         dpo: A `DPO` module, or a bare policy (wrapped in `DPO()` with default settings).
+        optim: Optimizer, schedule and round length.
         dataset_generator: Called at the start of every `train()`; its dataset is trained on.
         train_dataset: Used when there is no `dataset_generator`.
         valid_dataset: Pairs for the default evaluator (mean DPO loss, lower is better).
-        accelerator: Accelerator to run on (a default one when None).
-        batch_size: Pairs per micro-batch per process.
-        grad_accum_steps: Micro-batches per optimizer step.
-        start_learning_rate: Peak learning rate.
-        end_learning_rate: Learning rate at the last step.
-        warmup_steps: Linear warm-up steps.
-        weight_decay: AdamW weight decay.
-        max_grad_norm: Gradient clipping norm (None: no clipping).
-        dropout: Dropout probability on the policy.
-        num_train_steps: Optimizer steps per round (None: use num_epochs).
-        num_epochs: Epochs per round (None and num_train_steps None: one epoch).
-        precompute_ref_logps: Compute reference log-probs once per round (frozen reference only).
-        eval_every: Evaluate every this many optimizer steps and at the last step (None: never).
-        early_stopping_patience: Evaluations without improvement before stopping (None: never).
         evaluator: `evaluator(policy) -> score`, called on every process in eval mode under
             no_grad; the main process's score is used by all. Default: validation DPO loss.
-        higher_is_better: Direction of the evaluator's score.
-        eval_at_start: Also evaluate the round's starting weights (so they can be kept as best).
+        early_stopping: When to evaluate and stop; the best weights are restored at the end.
+        precompute_ref_logps: Compute reference log-probs once per round (frozen reference only).
+        accelerator: Accelerator to run on (a default one when None).
         checkpoint_dir: Where the final (best) policy is saved after each round.
         checkpoint_every: Save the resumable training state every this many optimizer steps
             (None: never). Needs `state_dir`, or `checkpoint_dir` (then `.<name>.state` beside it).
@@ -99,26 +88,14 @@ class DPOTrainer:
         self,
         dpo: DPO | nn.Module,
         *,
+        optim: OptimSettings = OptimSettings(),
         dataset_generator: Callable[[], Dataset] | None = None,
         train_dataset: Dataset | None = None,
         valid_dataset: Dataset | None = None,
-        accelerator: Accelerator | None = None,
-        batch_size: int = 16,
-        grad_accum_steps: int = 1,
-        start_learning_rate: float = 1e-6,
-        end_learning_rate: float = 1e-7,
-        warmup_steps: int = 0,
-        weight_decay: float = 0.0,
-        max_grad_norm: float | None = 1.0,
-        dropout: float = 0.1,
-        num_train_steps: int | None = None,
-        num_epochs: int | None = None,
-        precompute_ref_logps: bool = True,
-        eval_every: int | None = None,
-        early_stopping_patience: int | None = 3,
         evaluator: Evaluator | None = None,
-        higher_is_better: bool = False,
-        eval_at_start: bool = False,
+        early_stopping: EarlyStopping = EarlyStopping(),
+        precompute_ref_logps: bool = True,
+        accelerator: Accelerator | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
         state_dir: str | os.PathLike | None = None,
@@ -129,20 +106,13 @@ class DPOTrainer:
             raise ValueError("give a train_dataset or a dataset_generator")
         if checkpoint_every is not None and checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1 or None, got {checkpoint_every!r}")
-        if eval_every is not None and eval_every < 1:
-            raise ValueError(f"eval_every must be >= 1 or None, got {eval_every!r}")
-        if eval_every is not None and evaluator is None and valid_dataset is None:
-            raise ValueError("eval_every needs an evaluator or a valid_dataset")
+        if early_stopping.eval_every is not None and evaluator is None and valid_dataset is None:
+            raise ValueError("early_stopping.eval_every needs an evaluator or a valid_dataset")
         self.dpo = dpo if isinstance(dpo, DPO) else DPO(dpo)
         self.dataset_generator, self.train_dataset = dataset_generator, train_dataset
-        self.valid_dataset, self.batch_size = valid_dataset, batch_size
-        self.precompute_ref_logps, self.eval_every, self.eval_at_start = (
-            precompute_ref_logps,
-            eval_every,
-            eval_at_start,
-        )
+        self.valid_dataset, self.batch_size = valid_dataset, optim.batch_size
+        self.precompute_ref_logps, self.early_stopping = precompute_ref_logps, early_stopping
         self.evaluator = evaluator or self.validation_loss
-        self.patience, self.higher_is_better = early_stopping_patience, higher_is_better
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         if state_dir is None and self.checkpoint_dir is not None:
             state_dir = self.checkpoint_dir.parent / f".{self.checkpoint_dir.name}.state"
@@ -151,24 +121,8 @@ class DPOTrainer:
         self.checkpoint_every = checkpoint_every
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.seed = seed
-        self.loop = TrainingLoop(
-            self.dpo,
-            self.dpo.policy,
-            input_keys=_DPO_INPUTS,
-            accelerator=accelerator,
-            batch_size=batch_size,
-            grad_accum_steps=grad_accum_steps,
-            start_learning_rate=start_learning_rate,
-            end_learning_rate=end_learning_rate,
-            warmup_steps=warmup_steps,
-            weight_decay=weight_decay,
-            max_grad_norm=max_grad_norm,
-            dropout=dropout,
-            num_train_steps=num_train_steps,
-            num_epochs=num_epochs,
-            seed=seed,
-            log_fn=log_fn,
-        )
+        self.loop = TrainingLoop(self.dpo, self.dpo.policy, input_keys=_DPO_INPUTS, optim=optim,
+                                 accelerator=accelerator, seed=seed, log_fn=log_fn)
         self.accelerator = self.loop.accelerator
         self._good: WeightSnapshot | None = None
         # accelerator.prepare may move the module; keep our handle on the unwrapped one.
@@ -247,13 +201,14 @@ class DPOTrainer:
         if self.precompute_ref_logps and self.dpo.ref_is_frozen:
             dataset = self._with_ref_logps(dataset)
         batches, total_steps = self.loop.begin_round(dataset)
-        stopper = EarlyStopper(self.patience, self.higher_is_better)
+        stopper = EarlyStopper(self.early_stopping.patience, self.early_stopping.higher_is_better)
         # Restore point for a non-finite loss; a frozen reference already holds the start weights.
         self._good = None if self.dpo.ref_is_frozen else WeightSnapshot(self.dpo.policy)
         best, history, stopped_early = None, [], False
         identity = self._round_identity(len(dataset), total_steps)
         start, best = self._resume(identity, batches, stopper, history)
-        if start == 0 and self.eval_every is not None and self.eval_at_start and self._evaluate(stopper).improved:
+        eval_every = self.early_stopping.eval_every
+        if start == 0 and eval_every is not None and self.early_stopping.eval_at_start and self._evaluate(stopper).improved:
             best = self._good = WeightSnapshot(self.dpo.policy, step=0)
         bar = self.loop.progress(total_steps, "dpo")
         bar.update(start)
@@ -263,7 +218,7 @@ class DPOTrainer:
             self.loop.log(metrics)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
-            if self.eval_every is not None and (step % self.eval_every == 0 or step == total_steps):
+            if eval_every is not None and (step % eval_every == 0 or step == total_steps):
                 decision = self._evaluate(stopper)
                 if decision.improved:
                     best = self._good = WeightSnapshot(self.dpo.policy, step=step)

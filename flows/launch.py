@@ -1,9 +1,9 @@
 """Training steps in the flow process, or as `accelerate launch` subprocesses (multi-GPU).
 
-`run_training` is what the flow calls. With `runtime.launcher: accelerate` it writes a small JSON
-spec and runs `accelerate launch --num_processes N -m flows.launch SPEC`; every rank runs the same
-step function, the main rank publishes the step folder, and the parent reads its manifest. The
-subprocess logs its curves to the same MLflow run (by id), so both paths look the same in the UI.
+`launch_sft` and `launch_dpo` are what the flows call. With `runtime.launcher: accelerate` they write
+a small JSON spec and run `accelerate launch --num_processes N -m flows.launch SPEC`; every rank runs
+the same step function, the main rank publishes the step folder, and the parent reads its manifest.
+The ranks log their curves to the same MLflow run (by id), so both paths look the same in the UI.
 """
 
 import contextlib
@@ -13,65 +13,65 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, NamedTuple
 
 from accelerate import PartialState
 
 from flows import steps
 from flows.stepdir import StepRecord, launch_rank
 from pipeline.config import RunConfig
+from pipeline.models import select_device, set_torch_threads
 from pipeline.tracking import Tracker
 
-Kind = Literal["sft", "dpo"]
+# The steps a launched process may run, by name.
+TRAINING_STEPS: dict[str, Callable[..., StepRecord]] = {fn.__name__: fn for fn in (steps.sft_step, steps.dpo_step)}
 
 
-def _train_here(
-    kind: Kind, config: RunConfig, run_dir: Path, model: StepRecord, inputs: StepRecord, iteration: int,
-    tracking_uri: str | None, run_id: str | None,
-) -> StepRecord:
-    log_fn = None
-    if tracking_uri and run_id and launch_rank() == 0:
-        tracker = Tracker.from_config(tracking_uri, config.tracking)
-        log_fn = tracker.buffered_metrics(run_id, config.tracking.metrics_flush_seconds)
-    with log_fn or contextlib.nullcontext():  # leaving it sends the last curve points, also on failure
-        if kind == "sft":
-            return steps.train_sft(config, run_dir, model, inputs, log_fn=log_fn)
-        return steps.train_dpo(config, iteration, run_dir, model, inputs, log_fn=log_fn)
+class CurveTarget(NamedTuple):
+    """Where a training step sends its curves: an MLflow store and the stage's run id."""
+
+    tracking_uri: str
+    run_id: str
 
 
-def run_training(
-    kind: Kind,
-    config: RunConfig,
-    run_dir: Path,
-    model: StepRecord,
-    inputs: StepRecord,
-    *,
-    iteration: int = 0,
-    tracking_uri: str | None = None,
-    run_id: str | None = None,
-) -> StepRecord:
-    """Train SFT (inputs = seed data) or DPO (inputs = pairs) from `model`; returns the new model's record."""
+def launch_sft(config: RunConfig, run_dir: Path, base: StepRecord, data: StepRecord,
+               curves: CurveTarget | None = None) -> StepRecord:
+    """SFT (M0 -> M1) as `runtime.launcher` says; see `steps.sft_step`."""
+    return _launch(steps.sft_step, config, run_dir, curves, base=base, data=data)
+
+
+def launch_dpo(config: RunConfig, iteration: int, run_dir: Path, model: StepRecord, pairs: StepRecord,
+               curves: CurveTarget | None = None) -> StepRecord:
+    """One DPO round (M_t -> M_{t+1}) as `runtime.launcher` says; see `steps.dpo_step`."""
+    return _launch(steps.dpo_step, config, run_dir, curves, iteration=iteration, model=model, pairs=pairs)
+
+
+def _launch(step: Callable[..., StepRecord], config: RunConfig, run_dir: Path, curves: CurveTarget | None,
+            **inputs: Any) -> StepRecord:
     if config.runtime.launcher == "inprocess":
-        return _train_here(kind, config, Path(run_dir), model, inputs, iteration, tracking_uri, run_id)
-    spec = {
-        "kind": kind,
-        "config": config.model_dump(mode="json"),
-        "run_dir": str(run_dir),
-        "model": model.model_dump(),
-        "inputs": inputs.model_dump(),
-        "iteration": iteration,
-        "tracking_uri": tracking_uri,
-        "run_id": run_id,
-    }
+        return _train_here(step, config, Path(run_dir), curves, inputs)
+    spec = {"step": step.__name__, "config": config.model_dump(mode="json"), "run_dir": str(run_dir),
+            "curves": curves, "inputs": {k: v.model_dump() if isinstance(v, StepRecord) else v for k, v in inputs.items()}}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
     try:
         subprocess.run(_launch_command(config, f.name), check=True)
     finally:
         os.unlink(f.name)
-    # The subprocess published the step folder; reading it again returns its record.
-    return _train_here(kind, config, Path(run_dir), model, inputs, iteration, None, None)
+    # The subprocess published the step folder; running the step again reads its record back.
+    return _train_here(step, config, Path(run_dir), None, inputs)
+
+
+def _train_here(step: Callable[..., StepRecord], config: RunConfig, run_dir: Path, curves: CurveTarget | None,
+                inputs: dict[str, Any]) -> StepRecord:
+    log_fn = None
+    if curves is not None and launch_rank() == 0:
+        tracker = Tracker.from_config(curves.tracking_uri, config.tracking)
+        log_fn = tracker.buffered_metrics(curves.run_id, config.tracking.metrics_flush_seconds)
+    with log_fn or contextlib.nullcontext():  # leaving it sends the last curve points, also on failure
+        return step(config, run_dir=run_dir, log_fn=log_fn, **inputs)
 
 
 def _launch_command(config: RunConfig, spec_path: str) -> list[str]:
@@ -82,7 +82,7 @@ def _launch_command(config: RunConfig, spec_path: str) -> list[str]:
         # `--multi_gpu` starts n torchrun workers; on a CPU-only run each rank then picks gloo
         # (accelerate's `--cpu` with n > 1 expects mpirun and would start one process).
         command += ["--multi_gpu", "--main_process_port", str(_free_port())]
-    elif steps.select_device(config.model.device).type == "cpu":
+    elif select_device(config.model.device).type == "cpu":
         command.append("--cpu")
     return command + ["-m", "flows.launch", spec_path]
 
@@ -97,19 +97,12 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of one `accelerate launch` rank: `python -m flows.launch SPEC.json`."""
     spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     config = RunConfig.model_validate(spec["config"])
-    steps.set_torch_threads(config)
+    set_torch_threads(config.runtime.torch_threads)
     # The process state is shared by every Accelerator made later (the trainer's included).
-    PartialState(cpu=steps.select_device(config.model.device).type == "cpu")
-    _train_here(
-        spec["kind"],
-        config,
-        Path(spec["run_dir"]),
-        StepRecord.model_validate(spec["model"]),
-        StepRecord.model_validate(spec["inputs"]),
-        spec["iteration"],
-        spec["tracking_uri"],
-        spec["run_id"],
-    )
+    PartialState(cpu=select_device(config.model.device).type == "cpu")
+    inputs = {k: StepRecord.model_validate(v) if isinstance(v, dict) else v for k, v in spec["inputs"].items()}
+    curves = CurveTarget(*spec["curves"]) if spec["curves"] else None
+    _train_here(TRAINING_STEPS[spec["step"]], config, Path(spec["run_dir"]), curves, inputs)
 
 
 if __name__ == "__main__":

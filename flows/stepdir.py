@@ -5,6 +5,9 @@ summary. A folder whose manifest matches the fingerprint is a finished step: a r
 record without recomputing. Anything else (no manifest, another fingerprint, a temp folder left by
 a crash) is not complete and is rebuilt. The run directory, not the Prefect database, is the
 source of truth, so resume works the same from the CLI, a deployment or a wiped Prefect home.
+
+Also here: where a step's folder is (`iter_dir`, `model_dir`) and the seed of each step of an
+iteration (`step_seed` with a named `Salt`).
 """
 
 import errno
@@ -14,12 +17,18 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from dpo.files import publish_dir, write_json_atomic
+
 MANIFEST = "manifest.json"
+MODEL_DIR = "model"  # the `from_pretrained` folder inside a model-producing step's folder
+
+
 # Fault injection for resume tests: `SELFREWARD_FAIL_STEP=iter-2/dpo` fails that step before it runs.
 FAIL_STEP_ENV = "SELFREWARD_FAIL_STEP"
 # Crash tests: `SELFREWARD_PAUSE_STEP=iter-1/candidates` makes that step stop just before it publishes
@@ -50,9 +59,7 @@ def pause_point(name: str, default_marker: Path) -> None:
     if os.environ.get(PAUSE_STEP_ENV) != name or launch_rank() != 0:
         return
     marker = Path(os.environ.get(PAUSE_MARKER_ENV) or default_marker / ".paused")
-    tmp = marker.with_name(f".{marker.name}.tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "point": name}), encoding="utf-8")
-    os.replace(tmp, marker)  # the test never reads a half-written marker
+    write_json_atomic(marker, {"pid": os.getpid(), "point": name})  # the test never reads a half-written marker
     deadline = time.monotonic() + _PAUSE_LIMIT_SECONDS
     while marker.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -66,6 +73,32 @@ class StepRecord(BaseModel):
     fingerprint: str
     files: dict[str, str] = {}
     summary: dict[str, Any] = {}
+
+
+class Salt(IntEnum):
+    """Offsets that give each step of an iteration its own random stream (values fixed: changing
+    one changes that step's outputs)."""
+
+    PROMPTS = 1
+    CANDIDATES = 2
+    JUDGE = 3
+    DPO = 4
+    PAIRS = 5
+
+
+def step_seed(run_seed: int, iteration: int, salt: Salt) -> int:
+    """The seed of one step of one iteration of a run seeded `run_seed`."""
+    return run_seed * 1_000_003 + iteration * 101 + salt
+
+
+def iter_dir(run_dir: Path, iteration: int) -> Path:
+    return run_dir / f"iter-{iteration}"
+
+
+def model_dir(record: StepRecord) -> Path:
+    """The `from_pretrained` directory a model-producing step wrote (or the user's model path)."""
+    path = Path(record.path)
+    return path / MODEL_DIR if (path / MODEL_DIR).is_dir() else path
 
 
 def fingerprint(*parts: Any) -> str:
@@ -106,17 +139,12 @@ def _is_disk_full(err: BaseException) -> bool:
     return any(f"(os error {code})" in str(err) for code in _DISK_FULL)
 
 
-def run_step(
-    step: str, path: Path, step_fingerprint: str, build: Callable[[Path], dict[str, Any]]
-) -> tuple[StepRecord, bool]:
-    """Run `build(tmp_dir) -> summary` unless the step at `path` already finished.
+def run_step(step: str, path: Path, step_fingerprint: str, build: Callable[[Path], dict[str, Any]]) -> StepRecord:
+    """Run `build(tmp_dir) -> summary` unless the step at `path` already finished; returns its record.
 
     `build` writes its outputs under `tmp_dir`, which does not exist yet (a writer that publishes
-    its own folder atomically may create it); the manifest is written last, then `tmp_dir` is
-    renamed to `path`.
-
-    Returns:
-        The step's record and whether it was computed now (False: reused from disk).
+    its own folder atomically may create it); the manifest is written last, then `tmp_dir` replaces
+    `path` (`dpo.publish_dir`).
 
     Raises:
         DiskFullError: the outputs did not fit on the device (the temp folder is removed, an older
@@ -124,7 +152,7 @@ def run_step(
     """
     done = finished(path, step_fingerprint)
     if done is not None:
-        return done, False
+        return done
     if os.environ.get(FAIL_STEP_ENV) == f"{path.parent.name}/{step}":
         raise InjectedFault(f"injected failure in {path.parent.name}/{step} (${FAIL_STEP_ENV})")
     rank = launch_rank()
@@ -135,7 +163,7 @@ def run_step(
             summary = build(scratch)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        return StepRecord(step=step, path=str(path.resolve()), fingerprint=step_fingerprint, summary=summary), True
+        return StepRecord(step=step, path=str(path.resolve()), fingerprint=step_fingerprint, summary=summary)
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a crashed attempt's leftovers
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +173,7 @@ def run_step(
         record = StepRecord(
             step=step, path=str(path.resolve()), fingerprint=step_fingerprint, files=_hash_tree(tmp), summary=summary
         )
-        _write_json_durably(tmp / MANIFEST, record.model_dump())
+        write_json_atomic(tmp / MANIFEST, record.model_dump(), durable=True)
     except Exception as err:
         if not _is_disk_full(err):
             raise
@@ -156,17 +184,5 @@ def run_step(
             f"one restarts"
         ) from err
     pause_point(f"{path.parent.name}/{step}", path.parent)
-    stale = path.with_name(f".{path.name}.old")
-    if path.exists():  # an unfinished or outdated folder: move it aside, publish, then delete it
-        shutil.rmtree(stale, ignore_errors=True)
-        path.rename(stale)
-    tmp.rename(path)
-    shutil.rmtree(stale, ignore_errors=True)
-    return record, True
-
-
-def _write_json_durably(path: Path, data: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
+    publish_dir(tmp, path)
+    return record

@@ -1,17 +1,32 @@
-"""Batched KV-cached sampling from Hugging Face causal LMs, chat prompts and self-instruct prompt generation."""
+"""Sampling from Hugging Face causal LMs: chat prompts, batched KV-cached decoding, self-instruct
+prompts, and the prompts and candidates files of the loop's first two steps."""
 
+from generation.candidates import CANDIDATES_FILE, PromptCandidates, read_candidates, sample_candidates
 from generation.chat import encode_chat_prompt, render_chat_prompt
 from generation.decoding import Completion, PromptError, common_prefix_len, generate, prompt_budget
 from generation.filters import PromptFilter, PromptPool, RejectReason, lcs_length, rouge_l
+from generation.jsonl import iter_jsonl, write_jsonl
+from generation.next_token import SamplingParams, SamplingParamsError, sample_next_tokens
 from generation.prompt_io import PromptFileError, read_prompts
-from generation.prompts import GeneratedPrompts, build_fewshot_prompt, extract_task, generate_prompts
-from generation.sampling import SamplingParams, SamplingParamsError, sample_next_tokens
+from generation.prompts import (
+    PROMPTS_FILE,
+    GeneratedPrompts,
+    build_fewshot_prompt,
+    extract_task,
+    read_prompt_file,
+    sample_pool,
+    self_instruct,
+    write_prompt_file,
+)
 from generation.stats import GenerationStats
 
 __all__ = [
+    "CANDIDATES_FILE",
+    "PROMPTS_FILE",
     "Completion",
     "GeneratedPrompts",
     "GenerationStats",
+    "PromptCandidates",
     "PromptError",
     "PromptFileError",
     "PromptFilter",
@@ -24,11 +39,18 @@ __all__ = [
     "encode_chat_prompt",
     "extract_task",
     "generate",
-    "generate_prompts",
+    "iter_jsonl",
     "lcs_length",
     "prompt_budget",
+    "read_candidates",
+    "read_prompt_file",
     "read_prompts",
     "render_chat_prompt",
     "rouge_l",
+    "sample_candidates",
     "sample_next_tokens",
+    "sample_pool",
+    "self_instruct",
+    "write_jsonl",
+    "write_prompt_file",
 ]

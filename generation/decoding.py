@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from generation.sampling import SamplingParams, sample_next_tokens
+from generation.next_token import SamplingParams, sample_next_tokens
 from generation.stats import GenerationStats
 
 
@@ -40,6 +40,13 @@ class Completion:
     token_ids: list[int]
     text: str
     finished: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "token_ids": self.token_ids, "finished": self.finished}
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> "Completion":
+        return cls(token_ids=list(row["token_ids"]), text=row["text"], finished=bool(row["finished"]))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,9 @@
-"""Self-instruct prompt generation: few-shot prompts from a seed pool, sampled, cut and filtered."""
+"""Prompts of an iteration: self-instruct (few-shot prompts from a pool, sampled, cut and filtered) or a
+draw from the pool, and the prompts file the next step reads (`PROMPTS_FILE`: one `{"prompt": text}`
+per line)."""
 
 import dataclasses
+import os
 import random
 import re
 from collections import Counter
@@ -11,7 +14,8 @@ from typing import Any
 from generation.chat import encode_chat_prompt
 from generation.decoding import generate, prompt_budget
 from generation.filters import PromptFilter, PromptPool
-from generation.sampling import SamplingParams
+from generation.jsonl import iter_jsonl, write_jsonl
+from generation.next_token import SamplingParams
 from generation.stats import GenerationStats
 
 FEWSHOT_INSTRUCTION = (
@@ -20,6 +24,7 @@ FEWSHOT_INSTRUCTION = (
     "answerable in text. Write only the task itself, without an answer."
 )
 TASK_LABEL = "Task {number}:"
+PROMPTS_FILE = "prompts.jsonl"
 # A generated task ends where the model starts labelling another one (or at EOS).
 _NEXT_TASK = re.compile(r"^\s*Task\s*\d+\s*:", flags=re.MULTILINE)
 
@@ -52,7 +57,7 @@ def extract_task(generated: str, first_line_only: bool = False) -> str:
 
 @dataclass
 class GeneratedPrompts:
-    """Result of `generate_prompts`.
+    """Result of `self_instruct`.
 
     Attributes:
         prompts: Accepted new prompts, at most `num_prompts`.
@@ -75,7 +80,7 @@ def _fewshot_token_ids(tokenizer: Any, text: str, chat: bool) -> list[int]:
     return list(tokenizer.encode(text + " ", add_special_tokens=True))
 
 
-def _fit_fewshot(
+def fit_fewshot(
     tokenizer: Any, examples: list[str], rng: random.Random, chat: bool, budget: int | None
 ) -> list[int] | None:
     """Few-shot prompt ids with as many of `examples` as fit in `budget` tokens (None: not even one).
@@ -90,7 +95,7 @@ def _fit_fewshot(
     return None
 
 
-def generate_prompts(
+def self_instruct(
     model: Any,
     tokenizer: Any,
     seed_prompts: Sequence[str],
@@ -106,10 +111,9 @@ def generate_prompts(
 ) -> GeneratedPrompts:
     """Self-instruct: sample new prompts from few-shot prompts until `num_prompts` pass the filters.
 
-    Each round builds one few-shot prompt per missing prompt (times `oversample`), each from `shots`
-    seed prompts drawn at random, samples one completion each, cuts it at the next task label and
-    filters it against the seeds and everything accepted so far. The round seed is `params.seed +
-    round`, so rounds draw different samples while the whole run stays reproducible.
+    Each round builds one few-shot prompt per missing prompt (times `oversample`) from `shots` seed
+    prompts drawn at random, samples one completion each, cuts it at the next task label and filters
+    it against the seeds and everything accepted so far. Round r samples with seed `params.seed + r`.
 
     Args:
         model: Causal LM used to write prompts.
@@ -130,34 +134,45 @@ def generate_prompts(
         Accepted prompts with rejection counts and throughput figures.
     """
     if not seed_prompts:
-        raise ValueError("generate_prompts needs at least one seed prompt")
+        raise ValueError("self_instruct needs at least one seed prompt")
     if num_prompts < 0 or shots < 1 or max_attempts < 1 or oversample <= 0:
         raise ValueError(
             f"invalid settings num_prompts={num_prompts}, shots={shots}, max_attempts={max_attempts}, "
             f"oversample={oversample}; expected num_prompts >= 0, shots >= 1, max_attempts >= 1, oversample > 0"
         )
-    rule = filters or PromptFilter()
-    pool = PromptPool.of(seed_prompts)
-    result = GeneratedPrompts()
+    rule, pool, result = filters or PromptFilter(), PromptPool.of(seed_prompts), GeneratedPrompts()
     rng = random.Random(params.seed)
     budget = prompt_budget(model, params.max_new_tokens)
     while len(result.prompts) < num_prompts and result.rounds < max_attempts:
         missing = num_prompts - len(result.prompts)
-        count = max(1, round(missing * oversample))
         token_ids = []
-        for _ in range(count):
+        for _ in range(max(1, round(missing * oversample))):
             examples = rng.sample(list(seed_prompts), min(shots, len(seed_prompts)))
-            ids = _fit_fewshot(tokenizer, examples, rng, chat, budget)
+            ids = fit_fewshot(tokenizer, examples, rng, chat, budget)
             if ids is None:
                 result.rejected["fewshot_too_long"] += 1
             else:
                 token_ids.append(ids)
         round_params = dataclasses.replace(params, seed=params.seed + result.rounds)
         completions = generate(model, tokenizer, token_ids, round_params, stats=result.stats)
-        tasks = [extract_task(samples[0].text, first_line_only) for samples in completions]
-        accepted, rejected = rule.apply(tasks, pool)
+        accepted, rejected = rule.apply([extract_task(c[0].text, first_line_only) for c in completions], pool)
         result.prompts.extend(accepted[:missing])
         result.rejected.update(rejected)
-        result.candidates += len(tasks)
+        result.candidates += len(completions)
         result.rounds += 1
     return result
+
+
+def sample_pool(pool: Sequence[str], num_prompts: int, seed: int) -> list[str]:
+    """`num_prompts` distinct prompts drawn from `pool` (all of it when it is smaller), seeded."""
+    return random.Random(seed).sample(list(pool), min(num_prompts, len(pool)))
+
+
+def write_prompt_file(path: str | os.PathLike, prompts: Sequence[str]) -> int:
+    """Write prompts as `PROMPTS_FILE` rows (`{"prompt": text}`); returns how many."""
+    return write_jsonl(path, ({"prompt": p} for p in prompts))
+
+
+def read_prompt_file(path: str | os.PathLike) -> list[str]:
+    """The prompts of a file written by `write_prompt_file` (possibly none)."""
+    return [row["prompt"] for row in iter_jsonl(path)]

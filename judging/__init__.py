@@ -1,13 +1,25 @@
 """LLM-as-a-judge scoring, pair selection and preference-data writing for self-rewarding DPO.
 
-Flow: `load_template` -> `judge_candidates` (or `load_reward_fn` + `score_with_reward_fn`) ->
-`build_preference_pairs` (`select_pair` per prompt, `PreferenceWriter` to disk).
+Steps: `judge_candidates` (candidates file -> judgments file, with `model_judge` or `reward_judge`),
+then `build_preference_pairs(folder, read_judged_prompts(candidates, judgments))` (one pair per
+prompt by `select_pair`, streamed to disk by `PreferenceWriter`). `judge_responses` is the judge
+itself, for in-memory lists.
 """
 
 from judging.aggregate import CandidateJudgment, JudgingStats, aggregate_judgments
-from judging.build import CandidateLike, PairBuildSummary, build_preference_pairs
+from judging.build import PairBuildSummary, build_preference_pairs
 from judging.external import RewardFn, RewardFunctionError, load_reward_fn, score_with_reward_fn
-from judging.judge import JudgeError, judge_candidates
+from judging.judge import JudgeError, judge_responses
+from judging.judgments import (
+    JUDGE_CHUNK_PROMPTS,
+    JUDGMENTS_FILE,
+    Judge,
+    JudgedPrompt,
+    judge_candidates,
+    model_judge,
+    read_judged_prompts,
+    reward_judge,
+)
 from judging.pairs import (
     PAIR_STRATEGIES,
     PairChoice,
@@ -23,13 +35,16 @@ from judging.template import PACKAGED_TEMPLATES, JudgeTemplate, TemplateError, l
 from judging.writer import SUMMARY_FILE, OverflowPolicy, PreferenceWriter, WriterError
 
 __all__ = [
+    "JUDGE_CHUNK_PROMPTS",
+    "JUDGMENTS_FILE",
     "PACKAGED_TEMPLATES",
     "PAIR_STRATEGIES",
     "SUMMARY_FILE",
     "CandidateJudgment",
-    "CandidateLike",
     "JudgeError",
     "JudgeTemplate",
+    "Judge",
+    "JudgedPrompt",
     "JudgingStats",
     "OverflowPolicy",
     "PairBuildSummary",
@@ -47,10 +62,14 @@ __all__ = [
     "aggregate_judgments",
     "build_preference_pairs",
     "judge_candidates",
+    "judge_responses",
     "load_reward_fn",
     "load_template",
+    "model_judge",
     "normalize_judgment",
     "parse_score",
+    "read_judged_prompts",
+    "reward_judge",
     "score_with_reward_fn",
     "select_pair",
 ]

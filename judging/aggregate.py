@@ -29,6 +29,13 @@ class CandidateJudgment:
     scores: list[float | None]
     judgments: list[str]
 
+    def to_json(self) -> dict[str, Any]:
+        return {"score": self.score, "scores": self.scores, "judgments": self.judgments}
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> "CandidateJudgment":
+        return cls(score=row["score"], scores=list(row["scores"]), judgments=list(row["judgments"]))
+
 
 @dataclass
 class JudgingStats:

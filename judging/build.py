@@ -1,27 +1,18 @@
-"""From judged candidates to a preference dataset folder in one call (the pipeline's pairs step)."""
+"""The pairs step: a stream of judged prompts in, a preference dataset folder (`dpo.data` format) out."""
 
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import zip_longest
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from generation import Completion
 from judging.aggregate import CandidateJudgment
+from judging.judgments import JudgedPrompt
 from judging.pairs import PairChoice, PairSkip, PairStats, PairStrategy, select_pair
 from judging.writer import OverflowPolicy, PreferenceWriter
 
-__all__ = ["CandidateLike", "PairBuildSummary", "build_preference_pairs"]
-
-_INPUTS = ("prompts", "prompt_ids", "candidates", "judgments")
-
-
-class CandidateLike(Protocol):
-    """What a candidate must offer (`generation.Completion` does)."""
-
-    token_ids: list[int]
-    text: str
-    finished: bool
+__all__ = ["PairBuildSummary", "build_preference_pairs"]
 
 
 @dataclass
@@ -53,10 +44,7 @@ class PairBuildSummary:
 
 def build_preference_pairs(
     folder: str | Path,
-    prompts: Iterable[str],
-    prompt_ids: Iterable[Sequence[int]],
-    candidates: Iterable[Sequence[CandidateLike]],
-    judgments: Iterable[Sequence[CandidateJudgment]],
+    judged: Iterable[JudgedPrompt],
     *,
     max_len: int,
     strategy: PairStrategy = "max_min",
@@ -66,17 +54,15 @@ def build_preference_pairs(
     overwrite: bool = False,
     seed: int = 0,
 ) -> PairBuildSummary:
-    """Select one pair per prompt and stream the pairs into a new preference dataset folder.
+    """Select one pair per judged prompt and stream the pairs into a new preference dataset folder.
 
-    The four per-prompt inputs may be any iterables (lists, or generators reading files): they are
-    consumed together, one prompt at a time, so memory does not grow with the number of prompts.
+    `judged` may be any iterable (a list, or `read_judged_prompts` reading two files): it is
+    consumed one prompt at a time, so memory does not grow with the number of prompts.
 
     Args:
         folder: output folder, published atomically by `PreferenceWriter`.
-        prompts: prompt texts (for `pairs.jsonl`).
-        prompt_ids: chat-rendered prompt token ids (ending with the assistant header), one per prompt.
-        candidates: per prompt, the sampled completions (`token_ids` new tokens only, `text`, `finished`).
-        judgments: per prompt, one `CandidateJudgment` per candidate (judge or external reward).
+        judged: per prompt: its text, chat-rendered ids (ending with the assistant header), the
+            sampled completions (`token_ids` new tokens only) and one judgment per completion.
         max_len: longest prompt + response row stored.
         strategy: pair strategy, a key of `PAIR_STRATEGIES`.
         rho: tier width for `length_control`.
@@ -92,35 +78,26 @@ def build_preference_pairs(
         empty dataset and the caller decides whether that is an error).
 
     Raises:
-        ValueError: the per-prompt inputs differ in length, or a prompt's candidates and judgments
-            differ in number. Raised when the shorter input ends (after the earlier prompts were
-            read), before anything is published: `folder` is left as it was.
+        ValueError: raised by the stream (e.g. files of different lengths) after the earlier
+            prompts were read, before anything is published: `folder` is left as it was.
     """
     stats = PairStats()
     rng = random.Random(seed)
-    end = object()
     with PreferenceWriter(folder, max_len, overwrite=overwrite, on_overflow=on_overflow) as writer:
-        rows = zip_longest(prompts, prompt_ids, candidates, judgments, fillvalue=end)
-        for i, row in enumerate(rows):
-            if any(x is end for x in row):  # the error aborts the writer: nothing is published
-                ended = [name for name, x in zip(_INPUTS, row) if x is end]
-                raise ValueError(f"prompts, prompt_ids, candidates and judgments must have one entry per prompt: "
-                                 f"{' and '.join(ended)} ended after {i} prompts, the others have more")
-            prompt, ids, cands, verdicts = row
-            if len(cands) != len(verdicts):
-                raise ValueError(f"prompt {i}: {len(cands)} candidates but {len(verdicts)} judgments")
+        for row in judged:
+            cands, verdicts = row.candidates, row.judgments
             scores = [v.score if (c.finished or not require_finished) else None for c, v in zip(cands, verdicts)]
             choice = select_pair(scores, [len(c.token_ids) for c in cands], strategy, rho, rng)
             if isinstance(choice, PairChoice):
-                reason = writer.add(ids, cands[choice.chosen].token_ids, cands[choice.rejected].token_ids,
+                reason = writer.add(row.prompt_ids, cands[choice.chosen].token_ids, cands[choice.rejected].token_ids,
                                     choice.chosen_score, choice.rejected_score,
-                                    _record(prompt, cands, verdicts, choice))
+                                    _record(row.prompt, cands, verdicts, choice))
                 choice = PairSkip(reason) if reason is not None else choice
             stats.record(choice)
     return PairBuildSummary(folder=writer.folder, stats=stats, truncated=writer.truncated)
 
 
-def _record(prompt: str, cands: Sequence[CandidateLike], verdicts: Sequence[CandidateJudgment],
+def _record(prompt: str, cands: Sequence[Completion], verdicts: Sequence[CandidateJudgment],
             choice: PairChoice) -> dict:
     return {
         "prompt": prompt,

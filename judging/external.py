@@ -10,7 +10,8 @@ def my_reward(prompts: list[str], responses: list[str]) -> list[float]:
 
 It is called once per `score_with_reward_fn` call, for all candidates of its prompts (the pipeline's
 judge step calls it once per chunk of prompts), and its output must be one number per pair:
-a (num_candidates,) vector is never reinterpreted as per-class logits (seed pitfall B14), and a
+a (num_candidates,) vector is never reinterpreted as per-class logits (an argmax would collapse
+the candidates' scores into one index), and a
 non-finite score means "unscored" (None) rather than poisoning the pair selection.
 """
 
@@ -70,7 +71,7 @@ def score_with_reward_fn(
     *,
     stats: JudgingStats | None = None,
 ) -> list[list[CandidateJudgment]]:
-    """Score every candidate with `fn` in one call; same output shape as `judge_candidates`.
+    """Score every candidate with `fn` in one call; same output shape as `judge_responses`.
 
     Args:
         fn: reward function `(prompts, responses) -> scores`, one score per pair.

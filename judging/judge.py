@@ -5,7 +5,8 @@ template, put in the model's chat format as a user turn, and sampled K times. Ea
 parsed; a candidate's score is the mean over the judgments that parsed (None when none did, so an
 unparsable judge drops the candidate instead of scoring it 0). All judge prompts of a batch go to
 ONE `generation.generate` call with `num_samples=K`, and `params.max_new_tokens` bounds the new
-tokens of each judgment, never the prompt (seed pitfall B2 spent the whole budget on the prompt).
+tokens of each judgment, never the prompt (a total-length budget is spent on the judge prompt
+alone, and no judgment reaches its score).
 """
 
 from collections.abc import Sequence
@@ -22,14 +23,14 @@ from generation import (
 from judging.aggregate import CandidateJudgment, JudgingStats, aggregate_judgments
 from judging.template import JudgeTemplate
 
-__all__ = ["JudgeError", "judge_candidates"]
+__all__ = ["JudgeError", "judge_responses"]
 
 
 class JudgeError(ValueError):
-    """Invalid arguments to `judge_candidates` (shape mismatch, num_judgments < 1, bad budget)."""
+    """Invalid arguments to `judge_responses` (shape mismatch, num_judgments < 1, bad budget)."""
 
 
-def judge_candidates(
+def judge_responses(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[str],

@@ -15,7 +15,7 @@ Strategies live in `PAIR_STRATEGIES`:
   skips (too few scored, tie), so a control run trains on the same number of pairs with the judge's
   ordering removed: what it gains over SFT is what DPO on unranked self-samples gives by itself.
 
-A prompt is skipped, never aborting its batch (seed pitfall B13 used `break`), when fewer than two
+A prompt is skipped, never aborting its batch (a `break` would drop every later prompt), when fewer than two
 candidates have a score, when best and worst tie, or when a score-ordered strategy's chosen does
 not score strictly above its rejected (possible once the tiers overlap, `rho > 0.5`). `select_pair` returns a
 falsy `PairSkip` naming the reason, and `PairStats` counts it.

@@ -1,7 +1,7 @@
 """Reading a numeric score out of a free-text judgment.
 
-The seed's parser crashed on every match and rejected `4.5`, quoted scores and inline scores
-(pitfall B1). Here: the text is normalised first (NFKC, markdown emphasis removed, curly quotes
+A parser that reads only `\nScore: N` integers misses `4.5`, quoted and inline scores, and a
+judge that drops its score turns into silently missing pairs. Here: the text is normalised first (NFKC, markdown emphasis removed, curly quotes
 made straight), the template's pattern is searched case-insensitively, the LAST match wins (a judge
 often quotes the format or other scores before its own verdict), and a value outside
 `[min_score, max_score]` makes the whole judgment unparsed rather than clipped.

@@ -15,7 +15,7 @@ description: optional free text
 The score pattern is matched case-insensitively, after `parse.normalize_judgment` has stripped markdown
 asterisks and unified quotes. Loading checks that the pattern reads back `score_example` rendered
 with `max_score` and with `min_score`, so a template whose regex can never parse its own format fails
-at load time instead of silently producing no pairs (seed pitfall B1).
+at load time instead of silently producing no pairs.
 """
 
 import math

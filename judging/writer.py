@@ -9,7 +9,7 @@ Files in the published folder (names from `dpo.data`):
 - `pairs.jsonl`: one readable record per written pair (the caller's record + index, scores, truncated).
 - `summary.json`: counts (pairs, truncated, skipped by reason), max_len, L, pad_value.
 
-How it stays safe (seed pitfall B9: generators shared and truncated each other's files):
+How it stays safe (two writers sharing file names would truncate each other's rows):
 
 - Rows go to raw files inside a hidden sibling `.<name>.tmp-<pid>` as they arrive, so memory stays
   bounded for any number of pairs. On a clean exit the raw rows are copied in small chunks into the
@@ -42,6 +42,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from dpo.data import PAD_VALUE, PAIRS_FILE, PREFERENCE_SEQ_FILE, PROMPT_LEN_FILE, REWARDS_FILE
+from dpo.files import publish_dir
 
 __all__ = ["SUMMARY_FILE", "OverflowPolicy", "PreferenceWriter", "WriterError"]
 
@@ -124,6 +125,11 @@ class PreferenceWriter:
         except BaseException:
             self.abort()
             raise
+
+    def flush(self) -> None:
+        """Push the rows added so far to the operating system (they stay in the hidden temp folder)."""
+        for f in self._files.values():
+            f.flush()
 
     def abort(self) -> None:
         """Discard everything written so far; `folder` is left untouched."""
@@ -224,26 +230,9 @@ class PreferenceWriter:
         summary = {"pairs": n, "truncated": self.truncated, "skipped": self.skipped,
                    "max_len": self.max_len, "seq_len": width, "pad_value": self.pad_value}
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        for path in tmp.iterdir():
-            _fsync_path(path)
-        _fsync_path(tmp)
-        self._publish()
-        _ACTIVE_TEMPS.discard(self.temp_folder)
-
-    def _publish(self) -> None:
         self._check_target()  # again: something may have appeared while we were writing
-        old = self.folder.parent / f".{self.folder.name}.old-{os.getpid()}"
-        if os.path.lexists(self.folder):
-            os.rename(self.folder, old)
-            try:
-                os.rename(self.temp_folder, self.folder)
-            except BaseException:
-                os.rename(old, self.folder)  # put the previous dataset back rather than lose it
-                raise
-            _remove_path(old)
-        else:
-            os.rename(self.temp_folder, self.folder)
-        _fsync_path(self.folder.parent)
+        publish_dir(tmp, self.folder, durable=True)
+        _ACTIVE_TEMPS.discard(self.temp_folder)
 
     def _check_target(self) -> None:
         if self.overwrite or not os.path.lexists(self.folder):
@@ -310,21 +299,6 @@ def _preallocate(path: Path) -> None:
         os.posix_fallocate(fd, 0, max(1, os.fstat(fd).st_size))
     finally:
         os.close(fd)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_path(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
 
 
 def _remove_stale_temps(folder: Path) -> None:

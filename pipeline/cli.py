@@ -19,16 +19,8 @@ import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, load_config
+from pipeline.env import apply_env_defaults
 
-# Telemetry off and a generous start-up budget for Prefect's local server on slow machines.
-OFFLINE_ENV = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    "HF_HUB_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 
@@ -158,8 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for key, value in OFFLINE_ENV.items():
-        os.environ.setdefault(key, value)
+    apply_env_defaults()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

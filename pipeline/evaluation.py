@@ -31,11 +31,7 @@ def _eval_prompts(data_dir: Path) -> list[str]:
 
 
 def _judge_params(config: RunConfig) -> generation.SamplingParams:
-    s = config.iteration.judge.sampling
-    return generation.SamplingParams(
-        max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-        batch_size=s.batch_size, seed=config.seed,
-    )
+    return config.iteration.judge.sampling.to(generation.SamplingParams, seed=config.seed)
 
 
 def evaluate_model(model, tokenizer, config: RunConfig, data_dir: Path) -> tuple[dict[str, float], list[dict[str, Any]]]:
@@ -56,7 +52,7 @@ def evaluate_model(model, tokenizer, config: RunConfig, data_dir: Path) -> tuple
         if config.eval.num_judge_pairs:
             metrics["judge_pairwise_accuracy"] = _judge_accuracy(model, tokenizer, config, prompts, template)
         return metrics, samples
-    judged = judging.judge_candidates(
+    judged = judging.judge_responses(
         model, tokenizer, prompts, [[a] for a in answers], template=template,
         num_judgments=config.iteration.judge.num_judgments, params=_judge_params(config),
     )
@@ -70,10 +66,8 @@ def evaluate_model(model, tokenizer, config: RunConfig, data_dir: Path) -> tuple
 
 def _sampled_gt_score(model, tokenizer, config: RunConfig, prompts: list[str], ids: list[list[int]]) -> float:
     """Mean ground-truth score of answers sampled as the iterations sample their candidates."""
-    s = config.iteration.candidates.sampling
-    params = generation.SamplingParams(
-        max_new_tokens=config.eval.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-        batch_size=s.batch_size, seed=config.seed,
+    params = config.iteration.candidates.sampling.to(
+        generation.SamplingParams, max_new_tokens=config.eval.max_new_tokens, seed=config.seed
     )
     outputs = generation.generate(model, tokenizer, ids, params, num_samples=SAMPLES_PER_PROMPT)
     flat_prompts = [p for p, outs in zip(prompts, outputs) for _ in outs]
@@ -89,7 +83,7 @@ def _judge_accuracy(model, tokenizer, config: RunConfig, prompts: list[str], tem
         spec = demo_task.parse_instruction(prompt)
         broken_a, broken_b = rng.sample(range(demo_task.MAX_POINTS + 1), 2)
         pairs.append([demo_task.corrupt_response(spec, rng, broken_a), demo_task.corrupt_response(spec, rng, broken_b)])
-    judged = judging.judge_candidates(
+    judged = judging.judge_responses(
         model, tokenizer, prompts, pairs, template=template,
         num_judgments=config.iteration.judge.num_judgments, params=_judge_params(config),
     )

@@ -6,8 +6,6 @@ Llama/Qwen/Mistral go through the same `load_model_and_tokenizer` path.
 
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+
+from dpo import publish_dir, temp_sibling
 
 
 class ModelLoadError(ValueError):
@@ -104,27 +104,17 @@ def select_dtype(pref: str | torch.dtype = "auto", device: str | torch.device = 
     return DTYPES[pref]
 
 
+def set_torch_threads(threads: int | None) -> None:
+    """Size this process's torch CPU thread pool (`runtime.torch_threads`); None keeps torch's choice."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's (CPU and CUDA) global random generators."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _publish_dir(tmp_dir: Path, out_dir: Path) -> None:
-    """Move a fully written temp directory to `out_dir`, replacing an old one only after success."""
-    backup = None
-    if out_dir.exists():
-        backup = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(backup)
-    tmp_dir.rename(out_dir)
-    if backup is not None:
-        shutil.rmtree(backup)
-
-
-def _temp_dir_next_to(out_dir: Path) -> Path:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
 
 
 def build_tokenizer(
@@ -166,9 +156,9 @@ def build_tokenizer(
         padding_side="left",
     )
     out_path = Path(out_dir)
-    tmp_dir = _temp_dir_next_to(out_path)
+    tmp_dir = _temp_dir_beside(out_path)
     tokenizer.save_pretrained(tmp_dir)
-    _publish_dir(tmp_dir, out_path)
+    publish_dir(tmp_dir, out_path)
     return tokenizer
 
 
@@ -222,11 +212,17 @@ def build_tiny_model(
         model = LlamaForCausalLM(config)
     tokenizer.model_max_length = max_position_embeddings
     out_path = Path(out_dir)
-    tmp_dir = _temp_dir_next_to(out_path)
+    tmp_dir = _temp_dir_beside(out_path)
     model.save_pretrained(tmp_dir)
     tokenizer.save_pretrained(tmp_dir)
-    _publish_dir(tmp_dir, out_path)
+    publish_dir(tmp_dir, out_path)
     return out_path
+
+
+def _temp_dir_beside(out_dir: Path) -> Path:
+    tmp = temp_sibling(out_dir)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def _check_model_dir(path: Path) -> None:
@@ -318,3 +314,30 @@ def load_model_and_tokenizer(
     model.to(torch_device)
     model.eval()
     return model, tokenizer
+
+
+class InferenceModel:
+    """A model that steps only read (sampling, judging, evaluation), loaded on first use and shared.
+
+    The flow makes one per model it generates with and hands it to each of those steps, so M_t is
+    loaded once per iteration; `release()` drops it before training needs the memory.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32") -> None:
+        self.path, self.device, self.dtype = Path(path), device, dtype
+        self._loaded: tuple[Any, PreTrainedTokenizerBase] | None = None
+
+    def get(self) -> tuple[Any, PreTrainedTokenizerBase]:
+        """(model in eval mode, tokenizer), loading them on the first call."""
+        if self._loaded is None:
+            self._loaded = load_model_and_tokenizer(self.path, device=self.device, dtype=self.dtype)
+        return self._loaded
+
+    @property
+    def loaded(self) -> bool:
+        """True while the model is held in memory."""
+        return self._loaded is not None
+
+    def release(self) -> None:
+        """Forget the loaded model (the next `get` loads it again)."""
+        self._loaded = None

@@ -5,10 +5,9 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure  # the object API: no pyplot state, no backend to select
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+from dpo import write_text_atomic
 
 # Columns of `selfreward compare` (every metric is in `--json` and in MLflow).
 TABLE_COLUMNS = [
@@ -64,7 +63,8 @@ def plot_comparison(rows: Sequence[Mapping], path: Path, metrics: Sequence[str] 
     numeric = [k for k in (metrics or _plottable(rows)) if any(isinstance(r.get(k), int | float) for r in rows)]
     cols = min(3, max(1, len(numeric)))
     nrows = max(1, -(-len(numeric) // cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
+    fig = Figure(figsize=(4 * cols, 3 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False)
     labels = [r["model"] for r in rows]
     for ax, key in zip(axes.flat, numeric):
         ax.plot(labels, [r.get(key, float("nan")) for r in rows], marker="o")
@@ -87,7 +87,8 @@ def plot_learning_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path
     present = {k: v for k, v in curves.items() if v}
     if not present:
         return None
-    fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3), squeeze=False)
+    fig = Figure(figsize=(4 * len(present), 3))
+    axes = fig.subplots(1, len(present), squeeze=False)
     for ax, (key, points) in zip(axes.flat, present.items()):
         ax.plot([s for s, _ in points], [v for _, v in points])
         ax.set_title(f"{title}: {key}")
@@ -101,7 +102,8 @@ def plot_score_histogram(histogram: Mapping[str, int], path: Path, title: str) -
     if not histogram:
         return None
     keys = sorted(histogram, key=lambda k: float(k) if _is_number(k) else float("inf"))
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig = Figure(figsize=(5, 3))
+    ax = fig.subplots()
     ax.bar(keys, [histogram[k] for k in keys])
     ax.set_title(title)
     ax.set_xlabel("judge score")
@@ -118,11 +120,10 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     tmp.replace(path)
     return path
 
@@ -135,7 +136,4 @@ def stage_summary_markdown(run_name: str, stage: str, metrics: Mapping[str, floa
 
 
 def write_json(path: Path, data) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=2, default=str))

@@ -15,7 +15,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,6 @@ _TAG_MAX_CHARS = 1000  # well under MLflow's limit; an outcome is a sentence, no
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch
 _METRIC_BATCH = 1000  # ... and at most 1000 metrics
 _MAX_BACKOFF_SECONDS = 30.0
-# MLflow's own HTTP defaults (7 retries, back-off factor 2, 120 s timeout) can block ONE call for
-# minutes; the Tracker retries whole calls itself, so it keeps MLflow's layer short. Explicit
-# environment settings win.
-_HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-}
 # Error codes of a server that is overloaded or restarting, not of a bad request.
 _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "SERVICE_UNDER_MAINTENANCE"}
 _TRANSIENT_TEXT = ("failed with exception", "failed with timeout exception", "database is locked")
@@ -154,9 +147,6 @@ class Tracker:
         self._local = threading.local()
         self._last_step: dict[tuple[str, str], int] = {}  # (run, metric key) -> last step stored
         self._known_keys: dict[str, set[str]] = {}  # run -> metric keys it had when first seen
-        if tracking_uri.startswith("http"):
-            for key, value in _HTTP_DEFAULTS.items():
-                os.environ.setdefault(key, value)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id = self._experiment(experiment, artifact_root)
 
@@ -214,6 +204,23 @@ class Tracker:
         self.client.update_run(run_id, status="RUNNING")
         self.set_tags(run_id, tags or {})
         return run_id
+
+    @contextmanager
+    def stage(self, parent_id: str, run_name: str, stage: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+        """The child run of one stage (see `stage_run`) for the duration of a block; an exception
+        leaving the block marks the run FAILED with its message (`fail`) and propagates."""
+        run_id = self.stage_run(parent_id, run_name, stage, tags)
+        with self.failing(run_id):
+            yield run_id
+
+    @contextmanager
+    def failing(self, run_id: str) -> Iterator[str]:
+        """Mark `run_id` FAILED when an exception leaves the block, then let it propagate."""
+        try:
+            yield run_id
+        except BaseException as err:
+            self.fail(run_id, f"{type(err).__name__}: {err}")
+            raise
 
     @_retrying
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from torch.utils.data import default_collate
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from dpo import DPO, DPODataset, DPOTrainer, write_preference_memmaps
+from dpo import DPO, DPODataset, DPOTrainer, EarlyStopping, OptimSettings, write_preference_memmaps
+from tests._tiny import tiny_llama
 
 MAIN_SCORES = [1.0, 0.5, 0.7, 0.9, 0.1, 0.05, 0.01, 0.0, 0.0, 0.0]
 
@@ -24,13 +24,7 @@ MAIN_SCORES = [1.0, 0.5, 0.7, 0.9, 0.1, 0.05, 0.01, 0.0, 0.0, 0.0]
 def main(out_dir: Path) -> None:
     accelerator = Accelerator(cpu=True)
     rank = accelerator.process_index
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-            num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True,
-        )
-    )
+    model = tiny_llama(seed=0, tie=True)
     gen = torch.Generator().manual_seed(0)
     rows = [(torch.randint(3, 64, (3,), generator=gen).tolist(), [1, 1, 1], [2, 2]) for _ in range(16)]
     dataset = DPODataset(write_preference_memmaps(out_dir / f"data{rank}", rows), vocab_size=64)
@@ -41,9 +35,9 @@ def main(out_dir: Path) -> None:
         return MAIN_SCORES[len(calls) - 1] if rank == 0 else -float(len(calls))
 
     trainer = DPOTrainer(
-        DPO(model), train_dataset=dataset, valid_dataset=dataset, accelerator=accelerator, batch_size=2, num_train_steps=10,
-        start_learning_rate=1e-3, end_learning_rate=1e-4, dropout=0.0, eval_every=1,
-        evaluator=evaluator, early_stopping_patience=2, checkpoint_dir=out_dir / "ckpt",
+        DPO(model), train_dataset=dataset, valid_dataset=dataset, accelerator=accelerator, evaluator=evaluator,
+        optim=OptimSettings(batch_size=2, num_train_steps=10, start_learning_rate=1e-3, end_learning_rate=1e-4, dropout=0.0),
+        early_stopping=EarlyStopping(eval_every=1, patience=2), checkpoint_dir=out_dir / "ckpt",
     )
     summary = trainer.train()
     policy = trainer.dpo.policy

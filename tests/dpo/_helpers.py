@@ -2,26 +2,10 @@
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
-VOCAB = 64
+from tests._tiny import VOCAB, tiny_llama  # noqa: F401  (re-exported for the dpo tests)
+
 CHOSEN_TOKEN, REJECTED_TOKEN = 1, 2
-
-
-def tiny_llama(seed: int = 0, layers: int = 1, tie: bool = False) -> LlamaForCausalLM:
-    """A real HF Llama with ~20k parameters."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=tie,
-    )
-    return LlamaForCausalLM(config)
 
 
 class TinyLM(nn.Module):
@@ -71,3 +55,17 @@ def state_equal(a: dict, b: dict) -> bool:
 
 def cpu_state(model: nn.Module) -> dict:
     return {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+
+
+def settings(**flat):
+    """Trainer keyword arguments written flat, as the tests do, with the optimizer and early-stopping
+    fields gathered into `optim=OptimSettings(...)` and `early_stopping=EarlyStopping(...)`."""
+    from dataclasses import fields
+
+    from dpo import EarlyStopping, OptimSettings
+
+    optim = {f.name: flat.pop(f.name) for f in fields(OptimSettings) if f.name in flat}
+    renamed = {"eval_every": "eval_every", "early_stopping_patience": "patience",
+               "higher_is_better": "higher_is_better", "eval_at_start": "eval_at_start"}
+    stop = {new: flat.pop(old) for old, new in renamed.items() if old in flat}
+    return {**flat, "optim": OptimSettings(**optim), **({"early_stopping": EarlyStopping(**stop)} if stop else {})}

@@ -7,6 +7,7 @@ from torch.utils.data import default_collate
 from dpo import (
     PROMPT_LEN_FILE,
     SFT_SEQ_FILE,
+    OptimSettings,
     SFTDataError,
     SFTDataset,
     SFTTrainer,
@@ -45,9 +46,8 @@ def test_sft_training_lowers_loss(accelerator, tmp_path):
     dataset = SFTDataset(write_sft_memmaps(tmp_path, examples, max_len=8), vocab_size=VOCAB)
     logs = []
     trainer = SFTTrainer(
-        tiny_llama(), train_dataset=dataset, valid_dataset=dataset, accelerator=accelerator, batch_size=16,
-        start_learning_rate=3e-3, end_learning_rate=1e-3, num_train_steps=12, dropout=0.0,
-        log_fn=lambda m, s: logs.append(m),
+        tiny_llama(), train_dataset=dataset, valid_dataset=dataset, accelerator=accelerator, log_fn=lambda m, s: logs.append(m),
+        optim=OptimSettings(batch_size=16, start_learning_rate=3e-3, end_learning_rate=1e-3, num_train_steps=12, dropout=0.0),
     )
     before = trainer.evaluate()
     summary = trainer.train()

@@ -11,12 +11,12 @@ from torch.utils.data import default_collate
 from dpo import (
     DPO,
     DPODataset,
+    set_dropout,
     shared_prompt_logprobs,
     supports_shared_prompt,
     token_logprobs,
     write_preference_memmaps,
 )
-from dpo._modeling import set_dropout
 from dpo.shared_prompt import CHECKED_MODEL_TYPES, shared_prompt_pays_off, shared_prompt_rows
 from tests.dpo._helpers import VOCAB, TinyLM, random_rows, tiny_llama
 

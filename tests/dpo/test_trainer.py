@@ -1,11 +1,28 @@
+import dataclasses
 import math
 
 import pytest
 import torch
 from torch.utils.data import default_collate
 
-from dpo import DPO, DPODataset, DPOTrainer, NonFiniteLossError, warmup_linear_decay, write_preference_memmaps
-from tests.dpo._helpers import TinyLM, clear_preference_rows, cpu_state, random_rows, state_equal, tiny_llama
+from dpo import (
+    DPO,
+    DPODataset,
+    DPOTrainer,
+    EarlyStopping,
+    NonFiniteLossError,
+    warmup_linear_decay,
+    write_preference_memmaps,
+)
+from tests.dpo._helpers import (
+    TinyLM,
+    clear_preference_rows,
+    cpu_state,
+    random_rows,
+    settings,
+    state_equal,
+    tiny_llama,
+)
 
 METRICS = {
     "loss",
@@ -40,7 +57,7 @@ def _trainer(model, dataset, accelerator, **kwargs):
         end_learning_rate=1e-4,
         dropout=0.0,
     )
-    return DPOTrainer(model, **{**defaults, **kwargs})
+    return DPOTrainer(model, **settings(**{**defaults, **kwargs}))
 
 
 def test_clear_preferences_are_learned(clear_pairs, accelerator):
@@ -78,6 +95,9 @@ def test_reference_frozen_then_reset_and_generator_runs_first(clear_pairs, rando
         return clear_pairs
 
     dpo.update_reference_model_with_policy = reset
+    prepared = []
+    real_prepare = accelerator.prepare
+    accelerator.prepare = lambda *objects: prepared.append(objects) or real_prepare(*objects)
     with torch.no_grad():  # make the initial reference differ from the policy
         for p in dpo.reference.parameters():
             p.add_(0.1)
@@ -91,7 +111,7 @@ def test_reference_frozen_then_reset_and_generator_runs_first(clear_pairs, rando
     trainer.train()
     assert events == ["gen", "reset", "gen", "reset"]
     assert state_equal(cpu_state(dpo.reference), round_one_end)  # reset to M_1 for round two
-    assert len(trainer.accelerator._models) == 1  # prepared once across rounds
+    assert len(prepared) == 1  # model and optimizer prepared once across rounds
 
 
 def test_ema_reference_tracks_policy_from_step_one(random_pairs, accelerator):
@@ -195,7 +215,7 @@ def test_round_length_and_checkpoint(random_pairs, accelerator, tmp_path):
     trainer = _trainer(DPO(TinyLM()), random_pairs, accelerator, batch_size=5, checkpoint_dir=tmp_path / "ckpt")
     assert trainer.train()["steps"] == 4  # default: one epoch, ceil(16 / 5) batches
     assert (tmp_path / "ckpt" / "model.safetensors").is_file()
-    trainer.loop.num_train_steps, trainer.loop.num_epochs = 3, 2
+    trainer.loop.optim = dataclasses.replace(trainer.loop.optim, num_train_steps=3, num_epochs=2)
     assert trainer.train()["steps"] == 3  # the smaller of the two limits
 
 
@@ -203,15 +223,10 @@ def test_configuration_errors(random_pairs, accelerator):
     with pytest.raises(ValueError, match="train_dataset or a dataset_generator"):
         DPOTrainer(TinyLM(), accelerator=accelerator)
     with pytest.raises(ValueError, match="eval_every needs"):
-        DPOTrainer(TinyLM(), train_dataset=random_pairs, accelerator=accelerator, eval_every=2)
+        DPOTrainer(TinyLM(), train_dataset=random_pairs, accelerator=accelerator, early_stopping=EarlyStopping(eval_every=2))
     trainer = DPOTrainer(TinyLM(), dataset_generator=lambda: [], accelerator=accelerator)
     with pytest.raises(ValueError, match="empty"):
         trainer.train()
-
-
-def test_warmup_linear_decay_values():
-    kw = dict(warmup_steps=0, total_steps=5, start_lr=1.0, end_lr=0.2)
-    assert [warmup_linear_decay(i, **kw) for i in range(5)] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
 
 
 def test_dropout_is_set_on_policy_modules_and_hf_attributes(random_pairs, accelerator):

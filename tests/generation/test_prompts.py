@@ -8,9 +8,9 @@ from generation import (
     SamplingParams,
     build_fewshot_prompt,
     extract_task,
-    generate_prompts,
+    self_instruct,
 )
-from generation.prompts import _fit_fewshot
+from generation.prompts import fit_fewshot
 
 SEEDS = [
     "Write a haiku about rain.",
@@ -42,13 +42,13 @@ def test_extract_task_cuts_at_next_label():
     assert extract_task("no marker here  ") == "no marker here"
 
 
-def test_generate_prompts_accepts_novel_filtered_prompts(tiny):
+def test_self_instruct_accepts_novel_filtered_prompts(tiny):
     # The random tiny model writes byte soup, so the permissive filter only keeps length/duplicate rules.
     rule = PromptFilter(
         min_chars=1, max_chars=500, max_symbol_frac=1.0, max_word_frac=1.0, min_distinct_ngram_frac=0.0
     )
     params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=3)
-    result = generate_prompts(
+    result = self_instruct(
         tiny.model, tiny.tokenizer, SEEDS, num_prompts=4, shots=2, params=params, max_attempts=5, filters=rule
     )
     assert len(result.prompts) == 4
@@ -59,16 +59,16 @@ def test_generate_prompts_accepts_novel_filtered_prompts(tiny):
         assert rule.rejection_reason(prompt, pool) is None
         pool.add(prompt)
     assert result.stats.sequences == result.candidates
-    again = generate_prompts(
+    again = self_instruct(
         tiny.model, tiny.tokenizer, SEEDS, num_prompts=4, shots=2, params=params, max_attempts=5, filters=rule
     )
     assert again.prompts == result.prompts
 
 
-def test_generate_prompts_gives_up_after_max_attempts_and_counts_reasons(tiny):
+def test_self_instruct_gives_up_after_max_attempts_and_counts_reasons(tiny):
     rule = PromptFilter(min_chars=10_000, max_chars=20_000)
     params = SamplingParams(max_new_tokens=4, temperature=1.0)
-    result = generate_prompts(
+    result = self_instruct(
         tiny.model, tiny.tokenizer, SEEDS, num_prompts=3, shots=3, params=params, max_attempts=2, filters=rule
     )
     assert result.prompts == []
@@ -79,18 +79,18 @@ def test_generate_prompts_gives_up_after_max_attempts_and_counts_reasons(tiny):
 
 def test_fewshot_examples_are_dropped_until_the_prompt_fits_the_budget(tiny):
     def fewshot_len(n: int) -> int:
-        return len(_fit_fewshot(tiny.tokenizer, SEEDS[:n], random.Random(0), True, None))
+        return len(fit_fewshot(tiny.tokenizer, SEEDS[:n], random.Random(0), True, None))
 
     assert fewshot_len(1) < fewshot_len(2) < fewshot_len(5)
-    ids = _fit_fewshot(tiny.tokenizer, list(SEEDS), random.Random(0), True, fewshot_len(2))
+    ids = fit_fewshot(tiny.tokenizer, list(SEEDS), random.Random(0), True, fewshot_len(2))
     text = tiny.tokenizer.decode(ids)
     assert len(ids) <= fewshot_len(2) and "Task 3:" in text and "Task 4:" not in text  # 2 examples, next label
-    assert _fit_fewshot(tiny.tokenizer, list(SEEDS), random.Random(0), True, fewshot_len(1) - 1) is None
+    assert fit_fewshot(tiny.tokenizer, list(SEEDS), random.Random(0), True, fewshot_len(1) - 1) is None
 
 
-def test_generate_prompts_counts_fewshot_prompts_that_cannot_fit_the_context(tiny):
+def test_self_instruct_counts_fewshot_prompts_that_cannot_fit_the_context(tiny):
     # 511 of the 512-token context reserved for the new task: not even a one-example prompt fits.
     params = SamplingParams(max_new_tokens=511, temperature=1.0)
-    result = generate_prompts(tiny.model, tiny.tokenizer, SEEDS, num_prompts=2, shots=2, params=params, max_attempts=2)
+    result = self_instruct(tiny.model, tiny.tokenizer, SEEDS, num_prompts=2, shots=2, params=params, max_attempts=2)
     assert result.prompts == [] and result.candidates == 0 and result.rounds == 2
     assert result.rejected == {"fewshot_too_long": 4}

@@ -6,7 +6,7 @@ import pytest
 
 from dpo.data import PAIRS_FILE, DPODataset
 from generation import Completion, SamplingParams, encode_chat_prompt, generate
-from judging import CandidateJudgment, JudgeTemplate, build_preference_pairs, judge_candidates
+from judging import CandidateJudgment, JudgedPrompt, JudgeTemplate, build_preference_pairs, judge_responses
 
 EOS = 2
 
@@ -17,6 +17,12 @@ def cand(ids, finished=True):
 
 def verdict(score):
     return CandidateJudgment(score=score, scores=[score], judgments=[f"Score: {score}"])
+
+
+def build(folder, prompts, prompt_ids, candidates, judgments, **kwargs):
+    """`build_preference_pairs` on the stream of judged prompts these per-prompt lists describe."""
+    judged = [JudgedPrompt(*row) for row in zip(prompts, prompt_ids, candidates, judgments, strict=True)]
+    return build_preference_pairs(folder, judged, **kwargs)
 
 
 def test_pairs_written_and_skips_counted(tmp_path):
@@ -30,7 +36,7 @@ def test_pairs_written_and_skips_counted(tmp_path):
     ]
     judgments = [[verdict(3), verdict(5), verdict(1)], [verdict(2), verdict(2)], [verdict(4), verdict(None)],
                  [verdict(2), verdict(4.5)]]
-    summary = build_preference_pairs(tmp_path / "pairs", prompts, prompt_ids, candidates, judgments, max_len=32)
+    summary = build(tmp_path / "pairs", prompts, prompt_ids, candidates, judgments, max_len=32)
     assert summary.num_pairs == 2 and summary.stats.skipped == {"tie": 1, "too_few_scored": 1}
     assert summary.stats.prompts == 4 and summary.truncated == 0
     ds = DPODataset(tmp_path / "pairs")
@@ -51,7 +57,7 @@ def test_writer_skips_are_counted_per_prompt(tmp_path):
     # Different scores but identical tokens (the judge was noisy): no preference signal.
     candidates = [[cand([5, 6]), cand([5, 6])], [cand([7]), cand([8])]]
     judgments = [[verdict(4), verdict(1)], [verdict(4), verdict(1)]]
-    summary = build_preference_pairs(tmp_path / "p", ["a", "b"], [[1], [1]], candidates, judgments, max_len=8)
+    summary = build(tmp_path / "p", ["a", "b"], [[1], [1]], candidates, judgments, max_len=8)
     assert summary.num_pairs == 1 and summary.stats.skipped == {"identical": 1}
     assert summary.stats.pairs + summary.stats.num_skipped == summary.stats.prompts == 2
 
@@ -59,19 +65,19 @@ def test_writer_skips_are_counted_per_prompt(tmp_path):
 def test_length_control_and_require_finished(tmp_path):
     candidates = [[cand([1, 2, 3, 4]), cand([5]), cand([6, 7], finished=False), cand([8, 9, 10])]]
     judgments = [[verdict(5), verdict(5), verdict(0), verdict(1)]]
-    s = build_preference_pairs(tmp_path / "a", ["p"], [[1]], candidates, judgments, max_len=16,
+    s = build(tmp_path / "a", ["p"], [[1]], candidates, judgments, max_len=16,
                                strategy="length_control", rho=0.0)
     # Top tier (score 5): shortest is [5]; bottom tier (score 0): the unfinished [6, 7].
     assert DPODataset(tmp_path / "a")[0]["rejected"][:3].tolist() == [1, 6, 7]
     assert s.stats.mean_chosen_length == 2
-    build_preference_pairs(tmp_path / "b", ["p"], [[1]], candidates, judgments, max_len=16,
+    build(tmp_path / "b", ["p"], [[1]], candidates, judgments, max_len=16,
                            strategy="length_control", rho=0.0, require_finished=True)
     # Unfinished candidates are unscored: the bottom is now the 1.
     assert DPODataset(tmp_path / "b")[0]["rejected"][:5].tolist() == [1, 8, 9, 10, EOS]
 
 
 def test_no_pairs_gives_an_empty_valid_folder(tmp_path):
-    summary = build_preference_pairs(tmp_path / "e", ["p"], [[1]], [[cand([2]), cand([3])]],
+    summary = build(tmp_path / "e", ["p"], [[1]], [[cand([2]), cand([3])]],
                                      [[verdict(None), verdict(None)]], max_len=8)
     assert summary.num_pairs == 0 and len(DPODataset(summary.folder)) == 0
     assert summary.as_dict()["pairs/skipped_too_few_scored"] == 1.0
@@ -80,10 +86,15 @@ def test_no_pairs_gives_an_empty_valid_folder(tmp_path):
 
 
 def test_mismatched_inputs(tmp_path):
-    with pytest.raises(ValueError, match="must have one entry per prompt"):
-        build_preference_pairs(tmp_path / "x", ["p"], [[1], [2]], [[cand([2])]], [[verdict(1)]], max_len=8)
-    with pytest.raises(ValueError, match="prompt 0: 2 candidates but 1 judgments"):
-        build_preference_pairs(tmp_path / "x", ["p"], [[1]], [[cand([2]), cand([3])]], [[verdict(1)]], max_len=8)
+    with pytest.raises(ValueError, match="2 candidates but 1 judgments"):
+        build(tmp_path / "x", ["p"], [[1]], [[cand([2]), cand([3])]], [[verdict(1)]], max_len=8)
+
+    def stream_that_fails():
+        yield JudgedPrompt("p", [1], [cand([2]), cand([3])], [verdict(1), verdict(2)])
+        raise ValueError("the second file ended early")
+
+    with pytest.raises(ValueError, match="ended early"):
+        build_preference_pairs(tmp_path / "x", stream_that_fails(), max_len=8)
     assert not (tmp_path / "x").exists()
 
 
@@ -94,10 +105,10 @@ def test_end_to_end_with_the_tiny_model(tiny, tmp_path):
     prompt_ids = [encode_chat_prompt(tiny.tokenizer, p) for p in prompts]
     candidates = generate(tiny.model, tiny.tokenizer, prompt_ids, SamplingParams(max_new_tokens=10, temperature=1.0),
                           num_samples=4)
-    judgments = judge_candidates(tiny.model, tiny.tokenizer, prompts, [[c.text for c in cs] for cs in candidates],
+    judgments = judge_responses(tiny.model, tiny.tokenizer, prompts, [[c.text for c in cs] for cs in candidates],
                                  template=judge, num_judgments=3,
                                  params=SamplingParams(max_new_tokens=10, temperature=1.0, seed=1))
-    summary = build_preference_pairs(tmp_path / "pairs", prompts, prompt_ids, candidates, judgments, max_len=64)
+    summary = build(tmp_path / "pairs", prompts, prompt_ids, candidates, judgments, max_len=64)
     ds = DPODataset(summary.folder, vocab_size=tiny.model.config.vocab_size)
     assert len(ds) == summary.num_pairs > 0 and summary.stats.prompts == 3
     records = [json.loads(x) for x in (summary.folder / PAIRS_FILE).read_text().splitlines()]
@@ -116,11 +127,11 @@ def test_random_control_keeps_max_min_volume_and_is_seeded(tmp_path):
     judgments = [[verdict(s) for s in row] for row in scores]
     prompts, prompt_ids = [f"p{i}" for i in range(len(scores))], [[1]] * len(scores)
 
-    def build(name, strategy, seed=0):
-        return build_preference_pairs(tmp_path / name, prompts, prompt_ids, candidates, judgments, max_len=8,
-                                      strategy=strategy, seed=seed)
+    def run(name, strategy, seed=0):
+        return build(tmp_path / name, prompts, prompt_ids, candidates, judgments, max_len=8, strategy=strategy,
+                     seed=seed)
 
-    ref, a, b, c = build("mm", "max_min"), build("a", "random", 1), build("b", "random", 1), build("c", "random", 2)
+    ref, a, b, c = run("mm", "max_min"), run("a", "random", 1), run("b", "random", 1), run("c", "random", 2)
     assert a.num_pairs == ref.num_pairs == 16 and a.stats.skipped == ref.stats.skipped == {"tie": 4}
 
     def picks(summary):
@@ -148,21 +159,11 @@ def test_generators_are_consumed_in_lockstep_and_give_the_same_dataset(tmp_path)
             assert read["prompts"] - read["judgments"] <= 1, read
             yield item
 
-    lists = build_preference_pairs(tmp_path / "lists", prompts, prompt_ids, candidates, judgments, max_len=8)
-    streamed = build_preference_pairs(tmp_path / "gen", stream("prompts", prompts), iter(prompt_ids),
+    lists = build(tmp_path / "lists", prompts, prompt_ids, candidates, judgments, max_len=8)
+    streamed = build(tmp_path / "gen", stream("prompts", prompts), iter(prompt_ids),
                                       (row for row in candidates), stream("judgments", judgments), max_len=8)
     assert read == {"prompts": 5, "judgments": 5}
     assert streamed.summary() | {"folder": None} == lists.summary() | {"folder": None}
     assert streamed.num_pairs == 4 and streamed.stats.skipped == {"tie": 1}
     for name in (PAIRS_FILE, "preference_seq.memmap.npy", "rewards.memmap.npy", "prompt_len.memmap.npy"):
         assert (tmp_path / "gen" / name).read_bytes() == (tmp_path / "lists" / name).read_bytes(), name
-
-
-@pytest.mark.parametrize("short", ["prompts", "judgments"])
-def test_mismatched_generators_name_the_short_input_and_publish_nothing(tmp_path, short):
-    inputs = {"prompts": ["a", "b", "c"], "prompt_ids": [[1], [1], [1]],
-              "candidates": [[cand([2]), cand([3])]] * 3, "judgments": [[verdict(1), verdict(2)]] * 3}
-    inputs[short] = inputs[short][:2]
-    with pytest.raises(ValueError, match=f"one entry per prompt: {short} ended after 2 prompts"):
-        build_preference_pairs(tmp_path / "x", *(iter(v) for v in inputs.values()), max_len=8)
-    assert not (tmp_path / "x").exists() and list(tmp_path.iterdir()) == []  # no temp folder left either

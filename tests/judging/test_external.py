@@ -1,4 +1,4 @@
-"""External reward functions named 'module:function' (seed pitfall B14: no NaN filtering, argmax collapse)."""
+"""External reward functions named 'module:function': one finite score per pair, NaN means unscored."""
 
 import math
 import textwrap

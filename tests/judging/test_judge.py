@@ -1,4 +1,4 @@
-"""judge_candidates on a real tiny Llama, and the averaging / parse-failure accounting by hand."""
+"""judge_responses on a real tiny Llama, and the averaging / parse-failure accounting by hand."""
 
 import json
 
@@ -12,7 +12,7 @@ from judging import (
     JudgeTemplate,
     JudgingStats,
     aggregate_judgments,
-    judge_candidates,
+    judge_responses,
     load_template,
     parse_score,
 )
@@ -60,7 +60,7 @@ def test_stats_count_failures_and_histogram():
 
 @pytest.fixture
 def generate_calls(monkeypatch):
-    """Record the calls judge_candidates makes to the real generation.generate."""
+    """Record the calls judge_responses makes to the real generation.generate."""
     calls = []
 
     def recording_generate(*args, **kwargs):
@@ -74,7 +74,7 @@ def generate_calls(monkeypatch):
 def test_judges_every_candidate_k_times_in_one_generate_call(tiny, generate_calls):
     params = SamplingParams(max_new_tokens=12, temperature=1.0, batch_size=8, seed=3)
     stats = JudgingStats()
-    out = judge_candidates(tiny.model, tiny.tokenizer, PROMPTS, CANDIDATES, template=DIGITS,
+    out = judge_responses(tiny.model, tiny.tokenizer, PROMPTS, CANDIDATES, template=DIGITS,
                            num_judgments=3, params=params, stats=stats)
     assert [len(row) for row in out] == [3, 1]
     assert len(generate_calls) == 1
@@ -102,7 +102,7 @@ def test_judges_every_candidate_k_times_in_one_generate_call(tiny, generate_call
 def test_judgments_are_the_models_own_generations(tiny):
     """Greedy judgments equal an independent generate call on the same chat-rendered judge prompts."""
     params = SamplingParams(max_new_tokens=8, temperature=0.0, batch_size=4)
-    out = judge_candidates(tiny.model, tiny.tokenizer, PROMPTS, CANDIDATES, template=DEFAULT,
+    out = judge_responses(tiny.model, tiny.tokenizer, PROMPTS, CANDIDATES, template=DEFAULT,
                            num_judgments=2, params=params)
     judge_prompts = [encode_chat_prompt(tiny.tokenizer, DEFAULT.render(p, c)) for p, cs in zip(PROMPTS, CANDIDATES) for c in cs]
     reference = generate(tiny.model, tiny.tokenizer, judge_prompts, params, num_samples=1)
@@ -115,16 +115,16 @@ def test_judgments_are_the_models_own_generations(tiny):
 def test_num_judgments_respected(tiny):
     params = SamplingParams(max_new_tokens=4, temperature=1.0, batch_size=8)
     for k in (1, 4):
-        out = judge_candidates(tiny.model, tiny.tokenizer, PROMPTS[:1], CANDIDATES[:1], template=DIGITS,
+        out = judge_responses(tiny.model, tiny.tokenizer, PROMPTS[:1], CANDIDATES[:1], template=DIGITS,
                                num_judgments=k, params=params)
         assert all(len(j.judgments) == k == len(j.scores) for j in out[0])
 
 
 def test_new_token_budget_is_new_tokens_only(tiny):
-    """Seed pitfall B2: the budget must not be spent on the (long) judge prompt."""
+    """The budget counts new tokens: it must not be spent on the (long) judge prompt."""
     params = SamplingParams(max_new_tokens=5, temperature=1.0, batch_size=8)
     stats = JudgingStats()
-    judge_candidates(tiny.model, tiny.tokenizer, PROMPTS, CANDIDATES, template=DEFAULT, num_judgments=2,
+    judge_responses(tiny.model, tiny.tokenizer, PROMPTS, CANDIDATES, template=DEFAULT, num_judgments=2,
                      params=params, stats=stats)
     assert stats.max_prompt_tokens > 5 * 10  # prompts far longer than the budget...
     assert 0 < stats.new_tokens <= 4 * 2 * 5  # ...and still up to 5 new tokens per judgment
@@ -136,7 +136,7 @@ def test_long_response_is_cut_to_the_prompt_budget(tiny):
     short_len = len(encode_chat_prompt(tiny.tokenizer, DIGITS.render(PROMPTS[0], "")))
     budget = short_len + 10
     stats = JudgingStats()
-    out = judge_candidates(tiny.model, tiny.tokenizer, PROMPTS[:1], [[long_response, "a cat"]], template=DIGITS,
+    out = judge_responses(tiny.model, tiny.tokenizer, PROMPTS[:1], [[long_response, "a cat"]], template=DIGITS,
                            num_judgments=2, params=params, stats=stats, max_prompt_tokens=budget)
     assert stats.truncated_responses == 1 and stats.too_long_prompts == 0
     assert stats.max_prompt_tokens <= budget
@@ -146,7 +146,7 @@ def test_long_response_is_cut_to_the_prompt_budget(tiny):
 def test_prompt_that_cannot_fit_is_left_unscored(tiny):
     params = SamplingParams(max_new_tokens=4, temperature=1.0)
     stats = JudgingStats()
-    out = judge_candidates(tiny.model, tiny.tokenizer, PROMPTS[:1], [["a cat", "a dog"]], template=DEFAULT,
+    out = judge_responses(tiny.model, tiny.tokenizer, PROMPTS[:1], [["a cat", "a dog"]], template=DEFAULT,
                            num_judgments=2, params=params, stats=stats, max_prompt_tokens=20)
     assert out == [[CandidateJudgment(None, [], []), CandidateJudgment(None, [], [])]]
     assert (stats.too_long_prompts, stats.unscored_candidates, stats.new_tokens) == (2, 2, 0)
@@ -156,7 +156,7 @@ def test_auto_budget_leaves_room_for_the_judgment(tiny):
     context = tiny.model.config.max_position_embeddings
     params = SamplingParams(max_new_tokens=context - 60, temperature=1.0)  # only 60 prompt tokens fit
     stats = JudgingStats()
-    out = judge_candidates(tiny.model, tiny.tokenizer, PROMPTS[:1], [["a cat"]], template=DEFAULT,
+    out = judge_responses(tiny.model, tiny.tokenizer, PROMPTS[:1], [["a cat"]], template=DEFAULT,
                            num_judgments=1, params=params, stats=stats)
     assert out[0][0].score is None and stats.too_long_prompts == 1
 
@@ -172,4 +172,4 @@ def test_auto_budget_leaves_room_for_the_judgment(tiny):
 def test_invalid_arguments(tiny, kwargs, message):
     args = {"prompts": PROMPTS, "candidates": CANDIDATES, "template": DEFAULT, "params": SamplingParams(), **kwargs}
     with pytest.raises(JudgeError, match=message):
-        judge_candidates(tiny.model, tiny.tokenizer, **args)
+        judge_responses(tiny.model, tiny.tokenizer, **args)

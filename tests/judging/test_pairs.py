@@ -213,7 +213,7 @@ def test_random_needs_a_generator(rng):
 
 
 def test_batch_continues_after_tie_and_stats_count_skips():
-    """Seed pitfall B13: a tie used to `break` out of the batch. Here every prompt is judged."""
+    """A tie skips only its own prompt (a `break` would drop the rest of the batch): every prompt is judged."""
     batch = [
         ([5, 1, 3], [4, 8, 2]),      # pair: 5 (len 4) vs 1 (len 8)
         ([2, 2, 2], [1, 1, 1]),      # tie

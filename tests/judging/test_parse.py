@@ -1,4 +1,4 @@
-"""Score parsing (seed pitfall B1: the reference parser crashed on every match and rejected 4.5)."""
+"""Score parsing: decimals, quotes, markdown, inline scores, out-of-range values, and never a crash."""
 
 import math
 

@@ -151,8 +151,7 @@ KILL_SCRIPT = textwrap.dedent("""
     writer = PreferenceWriter(folder, 16).__enter__()
     for i in range(50):
         writer.add([1, 2, 3], [4, i + 5], [6], 2.0, 1.0, {"i": i})
-    for f in writer._files.values():
-        f.flush()
+    writer.flush()
     print(writer.temp_folder, flush=True)
     if how == "exit":
         os._exit(3)

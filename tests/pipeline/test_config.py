@@ -105,3 +105,30 @@ def test_cli_set_error_exits_2(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2 and "iteration.pairs.rho" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_every_setting_of_the_ml_packages_is_reachable_from_its_config_section():
+    """A settings field without a config field of the same name would silently keep its default."""
+    import dataclasses
+
+    import dpo
+    import generation
+    from pipeline.config import DPOConfig, EarlyStoppingConfig, OptimConfig, SamplingConfig
+
+    pairs = [(dpo.OptimSettings, OptimConfig, set()), (dpo.LossSettings, DPOConfig, set()),
+             (dpo.EarlyStopping, EarlyStoppingConfig, {"higher_is_better", "eval_at_start"}),
+             (generation.SamplingParams, SamplingConfig, {"seed"})]
+    for settings, section, not_configurable in pairs:
+        missing = {f.name for f in dataclasses.fields(settings)} - section.model_fields.keys() - not_configurable
+        assert not missing, f"{settings.__name__} fields without a {section.__name__} field: {missing}"
+    config = load_config(None, ["iteration.dpo.beta=0.3", "iteration.dpo.ref_ema_decay=0.9", "sft.batch_size=7"])
+    assert config.iteration.dpo.to(dpo.LossSettings) == dpo.LossSettings(beta=0.3, ref_ema_decay=0.9, nll_weight=1.0)
+    assert config.sft.to(dpo.OptimSettings).batch_size == 7
+    assert config.iteration.judge.sampling.to(generation.SamplingParams, seed=5).seed == 5
+
+
+def test_early_stopping_needs_held_out_pairs(tmp_path):
+    with pytest.raises(ConfigError, match=r"eval_every needs held-out pairs"):
+        load_config(None, ["iteration.dpo.early_stopping.eval_every=2"])
+    config = load_config(None, ["iteration.dpo.early_stopping.eval_every=2", "iteration.dpo.early_stopping.valid_fraction=0.1"])
+    assert config.iteration.dpo.early_stopping.eval_every == 2

@@ -6,7 +6,7 @@ from generation import SamplingParams, encode_chat_prompt, generate
 from pipeline import demo_task
 from pipeline.config import load_config
 from pipeline.evaluation import SAMPLES_PER_PROMPT, evaluate_model
-from pipeline.models import build_tiny_model, build_tokenizer, load_model_and_tokenizer
+from tests._tiny import build_tiny
 
 OVERRIDES = ["data.num_eval=6", "eval.max_new_tokens=10", "eval.num_judge_pairs=0", "seed=3"]
 
@@ -17,10 +17,9 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     paths = demo_task.write_seed_data(root / "data", seed=0, num_ift=16, num_eft=16, num_seed_prompts=8, num_eval=6)
     texts = paths["tokenizer_corpus"].read_text(encoding="utf-8").splitlines()
-    tokenizer = build_tokenizer(texts, root / "tok", vocab_size=300)
-    model_dir = build_tiny_model(tokenizer, root / "model", hidden_size=32, num_layers=1, num_heads=2,
-                                 intermediate_size=64, max_position_embeddings=128, seed=0)
-    model, tokenizer = load_model_and_tokenizer(model_dir)
+    tiny = build_tiny(root, texts, vocab_size=300, max_position_embeddings=128, num_layers=1, num_heads=2,
+                      initializer_range=0.02)
+    model, tokenizer = tiny.model, tiny.tokenizer
     return model, tokenizer, root / "data"
 
 

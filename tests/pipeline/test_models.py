@@ -19,6 +19,7 @@ from pipeline.models import (
     seed_everything,
     select_device,
     select_dtype,
+    set_torch_threads,
 )
 
 WORDS = "the a cat dog sat ran on under mat table red blue big small ate saw why how".split()
@@ -239,3 +240,14 @@ def test_seed_everything_reproduces_all_generators():
     assert draw() == first
     seed_everything(6)
     assert draw() != first
+
+
+def test_set_torch_threads_sizes_the_pool_and_none_keeps_it():
+    before = torch.get_num_threads()
+    try:
+        set_torch_threads(1)
+        assert torch.get_num_threads() == 1
+        set_torch_threads(None)  # unset: torch's own choice stays
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

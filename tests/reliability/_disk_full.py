@@ -15,25 +15,20 @@ import signal
 import sys
 from pathlib import Path
 
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
 import dpo
 from flows.stepdir import DiskFullError, finished, run_step
 from judging.writer import PreferenceWriter
+from tests._tiny import tiny_llama
 
 LIMIT = 64 * 1024
 
 
-def tiny_model(seed: int) -> LlamaForCausalLM:
-    config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+def tiny_model(seed: int):
+    return tiny_llama(seed, vocab_size=300)
 
 
 def save_step(folder: Path, fingerprint: str, model) -> dict:
-    return run_step("dpo", folder, fingerprint, lambda tmp: {"saved": dpo.save_checkpoint(model, tmp / "model").name})[0]
+    return run_step("dpo", folder, fingerprint, lambda tmp: {"saved": dpo.save_checkpoint(model, tmp / "model").name})
 
 
 def write_pairs(tmp: Path, n: int) -> dict:

@@ -19,8 +19,8 @@ import pytest
 import pipeline.cli
 from dpo import DPODataset, PreferenceDataError, write_preference_memmaps
 from pipeline.config import load_config
-from pipeline.models import build_tiny_model, build_tokenizer
 from pipeline.preflight import check_inputs
+from tests._tiny import build_tiny
 from tests.reliability.helpers import REPO
 
 GOOD_TEMPLATE = """name: t
@@ -34,9 +34,8 @@ max_score: 5
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs")
-    tokenizer = build_tokenizer(["hello world", "rate this answer", "score: 5"] * 4, root / "tok", vocab_size=300)
-    model = build_tiny_model(tokenizer, root / "model", hidden_size=16, num_layers=1, num_heads=2,
-                             intermediate_size=32, max_position_embeddings=64)
+    model = build_tiny(root, ["hello world", "rate this answer", "score: 5"] * 4, vocab_size=300,
+                       max_position_embeddings=64, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32).path
     (root / "ift.jsonl").write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n", encoding="utf-8")
     return {"root": root, "model": model}
 

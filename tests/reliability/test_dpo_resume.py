@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from dpo import DPO, DPODataset, DPOTrainer, write_preference_memmaps
-from tests.dpo._helpers import cpu_state, random_rows, state_equal, tiny_llama
+from tests.dpo._helpers import cpu_state, random_rows, settings, state_equal, tiny_llama
 
 STEPS = 6
 
@@ -41,12 +41,12 @@ VARIANTS = {
 
 def _trainer(pairs, state_dir, variant, log_fn=None, **extra):
     train, valid = pairs
-    settings = dict(VARIANTS[variant])
-    decay = settings.pop("ref_ema_decay")
+    options = dict(VARIANTS[variant])
+    decay = options.pop("ref_ema_decay")
     return DPOTrainer(
         DPO(tiny_llama(seed=0), ref_ema_decay=decay), train_dataset=train, valid_dataset=valid,
-        accelerator=Accelerator(cpu=True), batch_size=4, start_learning_rate=1e-2, end_learning_rate=1e-3,
-        checkpoint_every=2, state_dir=state_dir, seed=3, log_fn=log_fn, **{**settings, **extra},
+        accelerator=Accelerator(cpu=True), checkpoint_every=2, state_dir=state_dir, seed=3, log_fn=log_fn,
+        **settings(batch_size=4, start_learning_rate=1e-2, end_learning_rate=1e-3, **{**options, **extra}),
     )
 
 

@@ -14,7 +14,7 @@ import pytest
 import safetensors.torch
 from mlflow.tracking import MlflowClient
 
-from flows.iteration import stage_outcome
+from flows.stage import stage_outcome
 from flows.stepdir import StepRecord
 from pipeline.cli import main
 from pipeline.tracking import TAG_OUTCOME, Tracker, default_tracking_uri

@@ -10,7 +10,8 @@ import pytest
 
 import dpo
 from pipeline.cli import ui_command
-from pipeline.models import ModelLoadError, build_tiny_model, build_tokenizer, load_model_and_tokenizer
+from pipeline.models import ModelLoadError, load_model_and_tokenizer
+from tests._tiny import build_tiny
 from tests.reliability.helpers import REPO
 
 PACKAGES = ["pipeline", "dpo", "generation", "judging", "flows", "benchmarks"]
@@ -91,9 +92,8 @@ class _Trap:
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("model")
-    tokenizer = build_tokenizer(["some text to learn from"] * 4, root / "tok", vocab_size=280)
-    return build_tiny_model(tokenizer, root / "model", hidden_size=16, num_layers=1, num_heads=2,
-                            intermediate_size=32, max_position_embeddings=32)
+    return build_tiny(root, ["some text to learn from"] * 4, vocab_size=280, max_position_embeddings=32,
+                      hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32).path
 
 
 @pytest.mark.reliability(area="security", fault="booby-trapped pytorch_model.bin beside / instead of safetensors",

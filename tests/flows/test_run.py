@@ -1,4 +1,5 @@
-"""The whole flow on a tiny config: stages in MLflow, readable pairs, registered versions, resume."""
+"""The whole flow on a tiny config: stages in MLflow, readable pairs, registered versions, resume, and the
+seed design's DPO options (EMA reference, early stopping on held-out pairs) reached from the config."""
 
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from dpo import DPODataset
 from flows import self_rewarding_flow
-from flows.stepdir import FAIL_STEP_ENV, MANIFEST, InjectedFault, sha256_file
+from flows.stepdir import FAIL_STEP_ENV, MANIFEST, InjectedFault, StepRecord, sha256_file
 from pipeline.tracking import TAG_PARENT, Tracker, default_tracking_uri
 from tests.flows.conftest import tiny_config
 
@@ -15,8 +16,14 @@ pytestmark = pytest.mark.usefixtures("prefect_harness", "no_mlflow_env")
 STAGES = ["sft", "iter-1", "iter-2"]
 
 
+# Iteration 1 trains with an EMA reference and validates on a third of its pairs after every step,
+# keeping the best step's weights.
+SEED_FEATURES = ["overrides.1.dpo.ref_ema_decay=0.9", "overrides.1.dpo.early_stopping.valid_fraction=0.34",
+                 "overrides.1.dpo.early_stopping.eval_every=1"]
+
+
 def test_end_to_end_stages_metrics_pairs_and_model_versions(tmp_path):
-    config = tiny_config("runtime.retry_delay_seconds=0")
+    config = tiny_config("runtime.retry_delay_seconds=0", *SEED_FEATURES)
     result = self_rewarding_flow(config, output_dir=str(tmp_path))
     run_dir = Path(result["run_dir"])
 
@@ -41,6 +48,13 @@ def test_end_to_end_stages_metrics_pairs_and_model_versions(tmp_path):
     assert "plots/judge_scores.png" in plots["iter-1"]
     assert len(client.get_metric_history(children["iter-1"], "rewards/accuracies")) == 3
     assert len(client.get_metric_history(children["sft"], "loss")) == config.sft.num_train_steps
+
+    # Early stopping ran on held-out pairs, logged its curve and restored the best step's weights.
+    validation = client.get_metric_history(children["iter-1"], "eval/score")
+    manifest = StepRecord.model_validate_json((run_dir / "iter-1" / "checkpoint" / MANIFEST).read_text())
+    assert manifest.summary["valid_pairs"] == 2 and len(validation) == manifest.summary["steps"] == 3
+    assert manifest.summary["best_score"] == min(m.value for m in validation)
+    assert client.get_run(children["iter-1"]).data.params["dpo.ref_ema_decay"] == "0.9"
 
     for iteration in (1, 2):
         pairs = DPODataset(run_dir / f"iter-{iteration}" / "pairs")

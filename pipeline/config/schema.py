@@ -1,23 +1,23 @@
-"""The run configuration: one YAML file describes a whole self-rewarding run.
+"""The run configuration schema: one YAML file describes a whole self-rewarding run.
 
 Sections follow the loop's steps: `model`, `data`, `sft`, then `iteration` (the settings every
 iteration uses) and `overrides` (per-iteration changes, as a list or a mapping by iteration number),
-plus `runtime` and `tracking`. Defaults live here, once; a YAML file holds only what it changes.
+plus `eval`, `runtime` and `tracking`. Defaults live here, once; a YAML file holds only what it
+changes. Field names equal the argument names of the ML packages' settings objects, so a section
+becomes one with `section.to(SettingsClass)`.
 
 This module imports no torch or mlflow, so a bad config fails in well under a second.
 """
 
 import copy
+import dataclasses
 import hashlib
 import json
-from pathlib import Path
-from types import NoneType, UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -26,6 +26,12 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to(self, settings: type[T], **extra: Any) -> T:
+        """The settings dataclass `settings` built from this section's fields of the same names
+        (plus `extra`); its other fields keep their defaults."""
+        names = ({f.name for f in dataclasses.fields(settings)} & type(self).model_fields.keys()) - extra.keys()
+        return settings(**{name: getattr(self, name) for name in names}, **extra)
 
 
 class TinyModelConfig(_Section):
@@ -131,14 +137,32 @@ class PairsConfig(_Section):
     rho: float = Field(0.0, ge=0, le=1, description="tier width for length_control")
 
 
+class EarlyStoppingConfig(_Section):
+    """Validation during a DPO round on held-out pairs; the best weights are restored at the end."""
+
+    valid_fraction: float = Field(0.0, ge=0, lt=1, description="share of the pairs held out for validation (DPO loss)")
+    eval_every: int | None = Field(None, ge=1, description="validate every N optimizer steps and at the last (None: off)")
+    patience: int | None = Field(None, ge=1, description="validations without improvement before stopping (None: never stop)")
+
+    @model_validator(mode="after")
+    def _needs_held_out_pairs(self) -> "EarlyStoppingConfig":
+        if self.eval_every is not None and self.valid_fraction == 0:
+            raise ValueError("eval_every needs held-out pairs: set valid_fraction > 0")
+        return self
+
+
 class DPOConfig(OptimConfig):
     beta: float = Field(0.1, gt=0, description="strength of the KL anchor to the reference M_t")
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO / robust label noise")
     nll_weight: float = Field(0.0, ge=0, description="weight of an NLL term on chosen responses (RPO)")
     reduction: Literal["sum", "mean"] = Field("sum", description="log-probs summed (DPO paper) or averaged over tokens")
+    ref_ema_decay: float = Field(
+        1.0, ge=0, le=1, description="1: the reference stays M_t (the paper); < 1: an EMA of the policy, every step"
+    )
     precompute_ref_logps: bool = Field(True, description="reference log-probs once per round instead of every step")
     share_prompt: bool = Field(True, description="score chosen and rejected in one row holding the prompt once (checked model families, batches where it is cheaper)")
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     checkpoint_every: int | None = Field(
         None, ge=1, description="save the training state every N steps so a killed DPO step resumes mid-round (None: off)"
     )
@@ -220,11 +244,11 @@ class RunConfig(_Section):
         override = self.overrides.get(iteration)
         if not override:
             return self.iteration
-        merged = _deep_merge(self.iteration.model_dump(), override)
+        merged = deep_merge(self.iteration.model_dump(), override)
         try:
             return IterationConfig.model_validate(merged)
         except ValidationError as err:
-            raise ValueError(_format_errors(err, prefix=f"overrides.{iteration}")) from None
+            raise ValueError(format_errors(err, prefix=f"overrides.{iteration}")) from None
 
     def fingerprint(self, *sections: str) -> str:
         """A short stable hash of the named sections (all when none), for resume keys."""
@@ -233,17 +257,17 @@ class RunConfig(_Section):
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _deep_merge(base: dict, update: dict) -> dict:
+def deep_merge(base: dict, update: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
 
 
-def _format_errors(err: ValidationError, prefix: str = "") -> str:
+def format_errors(err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
@@ -253,136 +277,3 @@ def _format_errors(err: ValidationError, prefix: str = "") -> str:
             msg = "unknown field"
         lines.append(f"{path}: {msg}{got}" if path else msg)
     return "\n".join(lines)
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """Turn `--set a.b=c` strings into a nested mapping; values are parsed as YAML scalars."""
-    result: dict = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set iteration.dpo.beta=0.2")
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {pair!r}: value is not valid YAML ({err})") from None
-        node = result
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(int(part) if part.isdigit() else part, {})
-        node[parts[-1]] = value
-    return result
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read config ({err})") from None
-    try:
-        data = yaml.safe_load(text)  # safe loader: no Python-object tags
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
-    return data
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read, merge `--set` overrides into, and validate a run config.
-
-    Args:
-        path: a YAML file; `None` means the embedded default, `configs/demo.yaml`.
-        overrides: `KEY=VALUE` strings applied on top of the file.
-
-    Raises:
-        ConfigError: naming the file, the field path and what is expected.
-    """
-    path = Path(path) if path is not None else DEFAULT_CONFIG
-    raw = _deep_merge(_read_yaml(path), parse_overrides(overrides or []))
-    _resolve_relative_paths(raw, path.parent)
-    try:
-        config = RunConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(f"{path}: invalid config\n" + _format_errors(err)) from None
-    except ValueError as err:  # raised by iteration_config() with its own field path
-        raise ConfigError(f"{path}: invalid config\n{err}") from None
-    return config.model_copy(update={"data": _resolve_data_paths(config.data, path)})
-
-
-def _resolve_relative_paths(raw: dict, base: Path) -> None:
-    # A judge template or model directory named relative to the config file is found from any CWD.
-    sections = [raw.get("iteration")] + list((raw.get("overrides") or {}).values() if isinstance(raw.get("overrides"), dict) else raw.get("overrides") or [])
-    for section in sections:
-        judge = section.get("judge") if isinstance(section, dict) else None
-        if isinstance(judge, dict) and isinstance(judge.get("template"), str) and judge["template"] != "default":
-            candidate = base / judge["template"]
-            if candidate.is_file():
-                judge["template"] = str(candidate.resolve())
-    model = raw.get("model")
-    if isinstance(model, dict) and isinstance(model.get("path"), str) and (base / model["path"]).is_dir():
-        model["path"] = str((base / model["path"]).resolve())
-
-
-def _resolve_data_paths(data: DataConfig, config_path: Path) -> DataConfig:
-    # Relative data paths are relative to the config file, so a run works from any directory.
-    updates = {}
-    for name in ("ift", "eft", "seed_prompts", "eval_prompts"):
-        value = getattr(data, name)
-        if value is not None:
-            resolved = (config_path.parent / value).resolve()
-            if not resolved.is_file():
-                raise ConfigError(f"{config_path}: data.{name}: file not found: {resolved}")
-            updates[name] = str(resolved)
-    return data.model_copy(update=updates)
-
-
-def _type_name(annotation: Any) -> str:
-    if get_origin(annotation) is Literal:
-        return " | ".join(repr(a) for a in get_args(annotation))
-    if get_origin(annotation) in (Union, UnionType):
-        return " | ".join(_type_name(a) for a in get_args(annotation))
-    if get_origin(annotation) is dict:
-        return "mapping"
-    return "None" if annotation is NoneType else getattr(annotation, "__name__", str(annotation))
-
-
-def config_reference() -> str:
-    """A markdown table of every config field: path, type, default, description (for the README)."""
-    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            path = f"{prefix}{name}"
-            annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                walk(annotation, f"{path}.")
-                continue
-            kind = _type_name(annotation).replace("|", "\\|")
-            default = "{}" if field.default_factory else repr(field.default)
-            rows.append(f"| `{path}` | `{kind}` | `{default}` | {field.description or ''} |")
-
-    walk(RunConfig, "")
-    return "\n".join(rows)
-
-
-README_MARKERS = ("<!-- config-reference:start", "<!-- config-reference:end -->")
-
-
-def update_readme(path: Path) -> None:
-    """Rewrite the config reference between the README's markers (`make readme`)."""
-    text = path.read_text(encoding="utf-8")
-    start = text.index(README_MARKERS[0])
-    start = text.index("\n", start) + 1
-    end = text.index(README_MARKERS[1])
-    path.write_text(text[:start] + config_reference() + "\n" + text[end:], encoding="utf-8")
-
-
-if __name__ == "__main__":
-    import sys
-
-    update_readme(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_CONFIG.parent.parent / "README.md")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from generation import SamplingParams, SamplingParamsError, encode_chat_prompt, generate, sample_next_tokens
-from generation.sampling import _NUCLEUS_PROBE, _mask_top_k, _nucleus, _sample_index
+from generation.next_token import NUCLEUS_PROBE, mask_top_k, nucleus, sample_index
 
 
 def brute_force_top_p_keep(probs: list[float], top_p: float) -> set[int]:
@@ -37,19 +37,19 @@ def test_invalid_params_rejected_with_field_name(field, value):
 
 def test_top_k_keeps_exactly_the_k_best():
     scores = torch.randn(6, 20, generator=torch.Generator().manual_seed(0))
-    masked = _mask_top_k(scores, 5)
+    masked = mask_top_k(scores, 5)
     for row, row_masked in zip(scores, masked, strict=True):
         best = set(torch.argsort(row, descending=True)[:5].tolist())
         assert set(torch.nonzero(torch.isfinite(row_masked)).flatten().tolist()) == best
         assert torch.equal(row_masked[list(best)], row[list(best)])
 
 
-@pytest.mark.parametrize("vocab", [12, 4 * _NUCLEUS_PROBE])  # the short list, and the full-sort fallback
+@pytest.mark.parametrize("vocab", [12, 4 * NUCLEUS_PROBE])  # the short list, and the full-sort fallback
 @pytest.mark.parametrize("top_p", [0.05, 0.3, 0.6, 0.9, 0.999])
 def test_top_p_set_matches_brute_force(top_p, vocab):
-    scale = 2.0 if vocab < _NUCLEUS_PROBE else 0.3  # a flat distribution needs more than the short list
+    scale = 2.0 if vocab < NUCLEUS_PROBE else 0.3  # a flat distribution needs more than the short list
     probs = torch.softmax(torch.randn(8, vocab, generator=torch.Generator().manual_seed(1)) * scale, -1)
-    weights, token_ids = _nucleus(probs, top_p)
+    weights, token_ids = nucleus(probs, top_p)
     for row_probs, row_weights, row_ids in zip(probs, weights, token_ids, strict=True):
         expected = brute_force_top_p_keep(row_probs.tolist(), top_p)
         assert set(row_ids[row_weights > 0].tolist()) == expected
@@ -59,7 +59,7 @@ def test_top_p_set_matches_brute_force(top_p, vocab):
 def test_sample_index_never_draws_a_zero_weight_column():
     weights = torch.zeros(5000, 9)
     weights[:, [2, 5]] = torch.tensor([1e-30, 1.0])  # a tiny weight, and trailing zero columns
-    draws = _sample_index(weights, torch.Generator().manual_seed(0))
+    draws = sample_index(weights, torch.Generator().manual_seed(0))
     assert set(draws.tolist()) <= {2, 5} and (draws == 5).all()
 
 

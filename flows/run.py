@@ -11,29 +11,27 @@ are checked before anything is written (`pipeline.preflight`), and one process a
 on a run directory (`pipeline.runlock`: a second one is refused, a killed one leaves no lock).
 """
 
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NONE
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-from flows import steps
-from flows.iteration import iteration_flow, record_stage, with_retries
-from flows.launch import run_training
+from dpo import write_text_atomic
+from flows.iteration import iteration_flow
+from flows.launch import CurveTarget
+from flows.stage import finish_stage
+from flows.stepdir import model_dir
+from flows.tasks import step_tasks
 from pipeline.config import ConfigError, RunConfig, load_config
+from pipeline.env import apply_env_defaults
+from pipeline.models import set_torch_threads
 from pipeline.preflight import check_inputs
 from pipeline.report import comparison_rows, format_table, plot_comparison, write_json
 from pipeline.runlock import run_lock
 from pipeline.tracking import Tracker, default_tracking_uri, flatten
-
-prepare_data = task(steps.prepare_data, name="prepare-data", cache_policy=NONE, retries=1)
-build_base_model = task(steps.build_base_model, name="build-base-model", cache_policy=NONE, retries=1)
-train_sft = task(run_training, name="train-sft", task_run_name="sft", cache_policy=NONE, retries=1)
-evaluate_sft = task(steps.evaluate, name="evaluate", task_run_name="evaluate-sft", cache_policy=NONE, retries=1)
 
 
 def _flow_run_name() -> str:
@@ -52,6 +50,7 @@ def self_rewarding_flow(
         output_dir: holds `<run_name>/` folders, the MLflow store and (from the CLI) the Prefect home.
         overrides: `KEY=VALUE` changes applied to a config read from a path.
     """
+    apply_env_defaults()
     if not isinstance(config, RunConfig):
         config = load_config(config, overrides)
     check_inputs(config)
@@ -61,50 +60,34 @@ def self_rewarding_flow(
 
 
 def _run(config: RunConfig, output: Path) -> dict[str, Any]:
-    logger = get_run_logger()
-    steps.set_torch_threads(config)
-    run_dir = prepare_run_dir(output, config)
-    tracking_uri = default_tracking_uri(output)
+    set_torch_threads(config.runtime.torch_threads)
+    tasks, run_dir, tracking_uri = step_tasks(config.runtime), prepare_run_dir(output, config), default_tracking_uri(output)
     tracker = Tracker.from_config(tracking_uri, config.tracking, artifact_root=output / "mlartifacts")
-    parent = tracker.start_pipeline(
-        config.run_name, config.model_dump(mode="json"), config.fingerprint(), {"prefect.flow_run_id": str(flow_run.id)}
-    )
-    logger.info("run %s in %s; MLflow %s", config.run_name, run_dir, tracker.run_url(parent))
-    try:
-        data = with_retries(prepare_data, config)(config, run_dir)
-        model = with_retries(build_base_model, config)(config, run_dir, data)
+    prefect_tags = {"prefect.flow_run_id": str(flow_run.id)}
+    parent = tracker.start_pipeline(config.run_name, config.model_dump(mode="json"), config.fingerprint(), prefect_tags)
+    get_run_logger().info("run %s in %s; MLflow %s", config.run_name, run_dir, tracker.run_url(parent))
+    with tracker.failing(parent):
+        data = tasks.data(config, run_dir)
+        model = tasks.base_model(config, run_dir, data)
         if config.sft.enabled:
-            model = _sft_stage(tracker, config, run_dir, parent, model, data, tracking_uri)
+            with tracker.stage(parent, config.run_name, "sft", prefect_tags) as run_id:
+                tracker.log_params(run_id, config.sft.model_dump(mode="json"))
+                model = tasks.sft(config, run_dir, model, data, CurveTarget(tracking_uri, run_id))
+                finish_stage(tasks, tracker, config, run_dir, parent, run_id, 0, model, data)
         for iteration in range(1, config.iterations + 1):
             # The subflow runs in this process, whose flow-run heartbeat already shows it alive; a
             # second heartbeat thread would hold each iteration up to 1 s at exit (it is joined
             # between 1 s sleeps).
             with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 model = iteration_flow(config, iteration, str(run_dir), model, data, parent, tracking_uri)
-    except BaseException as err:
-        tracker.fail(parent, f"{type(err).__name__}: {err}")
-        raise
     rows = comparison_rows(tracker.stage_metrics(parent))
     plot = plot_comparison(rows, run_dir / "plots" / "stages.png")
     tracker.log_artifact(parent, plot, "plots")
     tracker.log_artifact(parent, write_json(run_dir / "stages.json", rows), "summary")
     tracker.finish(parent)
-    logger.info("stages of %s:\n%s\nplot: %s", config.run_name, format_table(rows), plot)
+    get_run_logger().info("stages of %s:\n%s\nplot: %s", config.run_name, format_table(rows), plot)
     return {"run_dir": str(run_dir), "rows": rows, "plot": str(plot), "mlflow_run_id": parent,
-            "tracking_uri": tracking_uri, "final_model": str(steps.model_dir(model))}
-
-
-def _sft_stage(tracker: Tracker, config: RunConfig, run_dir: Path, parent: str, base, data, tracking_uri: str):
-    run_id = tracker.stage_run(parent, config.run_name, "sft", {"prefect.flow_run_id": str(flow_run.id)})
-    try:
-        tracker.log_params(run_id, config.sft.model_dump(mode="json"))
-        model = with_retries(train_sft, config)("sft", config, run_dir, base, data, tracking_uri=tracking_uri, run_id=run_id)
-        evaluation = with_retries(evaluate_sft, config)(config, "sft", run_dir, model, data) if config.eval.enabled else None
-        record_stage(tracker, config, run_dir, parent, run_id, 0, model, evaluation)
-    except BaseException as err:
-        tracker.fail(run_id, f"{type(err).__name__}: {err}")
-        raise
-    return model
+            "tracking_uri": tracking_uri, "final_model": str(model_dir(model))}
 
 
 def prepare_run_dir(output: Path, config: RunConfig) -> Path:
@@ -114,6 +97,10 @@ def prepare_run_dir(output: Path, config: RunConfig) -> Path:
     resolved = config.model_dump(mode="json")
     if saved.is_file():
         previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+        try:  # fields added since the run started count as their defaults, not as changes
+            previous = RunConfig.model_validate(previous).model_dump(mode="json")
+        except ValueError:
+            pass  # a field that no longer exists: compared as saved, so it is named below
         changed = _changed_fields(flatten(previous), flatten(resolved))
         if changed:
             raise ConfigError(
@@ -123,9 +110,7 @@ def prepare_run_dir(output: Path, config: RunConfig) -> Path:
             )
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_name(".config.yaml.tmp")
-    tmp.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, saved)
+    write_text_atomic(saved, yaml.safe_dump(resolved, sort_keys=False))
     return run_dir
 
 

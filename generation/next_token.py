@@ -1,4 +1,6 @@
-"""Sampling parameters and next-token selection from logits (greedy, temperature, top-k, top-p)."""
+"""Picking the next token from logits (greedy, temperature, top-k, top-p), and the settings that say how.
+
+Sampling whole responses is `generation.decoding.generate`; this module is its per-step choice."""
 
 from dataclasses import dataclass
 
@@ -49,10 +51,10 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
-_NUCLEUS_PROBE = 32  # tokens tried before sorting the whole vocabulary for top-p
+NUCLEUS_PROBE = 32  # tokens tried before sorting the whole vocabulary for top-p
 
 
-def _mask_top_k(scores: torch.Tensor, top_k: int) -> torch.Tensor:
+def mask_top_k(scores: torch.Tensor, top_k: int) -> torch.Tensor:
     """Set every score below the k-th largest of its row to -inf (ties at the k-th value survive)."""
     if top_k <= 0 or top_k >= scores.shape[-1]:
         return scores
@@ -60,7 +62,7 @@ def _mask_top_k(scores: torch.Tensor, top_k: int) -> torch.Tensor:
     return scores.masked_fill(scores < kth_best, float("-inf"))
 
 
-def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The smallest set of most likely tokens whose mass reaches `top_p`, per row.
 
     A short top-k list usually holds the whole set and costs a fraction of a full sort of the
@@ -71,7 +73,7 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Ten
         `(weights, token_ids)`, both (B, k), most likely first: the probabilities of the set's
         tokens and 0 for the tokens after it.
     """
-    k = min(_NUCLEUS_PROBE, probs.shape[-1])
+    k = min(NUCLEUS_PROBE, probs.shape[-1])
     weights, token_ids = torch.topk(probs, k, dim=-1)
     if k < probs.shape[-1] and bool((weights.sum(dim=-1) < top_p).any()):
         weights, token_ids = torch.sort(probs, dim=-1, descending=True)
@@ -80,7 +82,7 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Ten
     return weights.masked_fill(mass_before >= top_p, 0.0), token_ids
 
 
-def _sample_index(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def sample_index(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One column per row, drawn with probability proportional to `weights` (B, n >= 0).
 
     Inverts each row's cumulative sum at a uniform draw: the same distribution as
@@ -111,8 +113,8 @@ def sample_next_tokens(
         return logits.argmax(dim=-1)
     # Float32 so bf16/fp16 logits do not lose the tail of the distribution in softmax.
     scores = logits.float() / params.temperature  # (B, V)
-    probs = torch.softmax(_mask_top_k(scores, params.top_k), dim=-1)
+    probs = torch.softmax(mask_top_k(scores, params.top_k), dim=-1)
     if params.top_p >= 1.0:
-        return _sample_index(probs, generator)
-    weights, token_ids = _nucleus(probs, params.top_p)
-    return token_ids.gather(-1, _sample_index(weights, generator).unsqueeze(-1)).squeeze(-1)
+        return sample_index(probs, generator)
+    weights, token_ids = nucleus(probs, params.top_p)
+    return token_ids.gather(-1, sample_index(weights, generator).unsqueeze(-1)).squeeze(-1)

@@ -1,0 +1,110 @@
+"""What every stage does once its model is trained: evaluate it, then record the stage.
+
+Stage `sft` (index 0) gives M1, stage `iter-t` gives M_{t+1}. Its outcome is tagged on its MLflow
+run as `selfreward.outcome`:
+
+- `completed`: the stage's model was trained on this stage's data.
+- `skipped: ...`: no preference pair survived (every prompt tied, or the judge never produced a
+  parsable score); M_{t+1} = M_t and the run goes on with the next iteration.
+- `failed: ...`: the stage raised (a non-finite DPO loss, a full disk, bad input, MLflow gone); the
+  stage run is marked FAILED and the run stops. Re-running the same command resumes it.
+"""
+
+from pathlib import Path
+
+from prefect import get_run_logger
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+from flows.stepdir import StepRecord, model_dir
+from flows.tasks import StepTasks
+from pipeline.config import RunConfig
+from pipeline.report import (
+    CURVES,
+    artifact_key,
+    plot_learning_curves,
+    plot_score_histogram,
+    stage_name,
+    stage_summary_markdown,
+)
+from pipeline.tracking import TAG_OUTCOME, Tracker
+
+
+def finish_stage(tasks: StepTasks, tracker: Tracker, config: RunConfig, run_dir: Path, parent_run_id: str,
+                 run_id: str, index: int, model: StepRecord, data: StepRecord, **step_records: StepRecord) -> None:
+    """Evaluate the stage's model, then log the stage to MLflow and summarise it in Prefect."""
+    stage = stage_name(index)
+    outcome = stage_outcome(index, model, step_records.get("judgments"))
+    if outcome != "completed":
+        get_run_logger().warning("%s: %s", stage, outcome)
+    evaluation = tasks.evaluate(config, stage, run_dir, model, data) if config.eval.enabled else None
+    metrics = record_stage(tracker, config, run_dir, parent_run_id, run_id, index, model, evaluation, outcome,
+                           **step_records)
+    create_markdown_artifact(stage_summary_markdown(config.run_name, stage, metrics, tracker.run_url(run_id)),
+                             key=artifact_key(config.run_name, stage), description=f"{config.run_name} {stage} summary")
+    if tracker.tracking_uri.startswith("http"):
+        create_link_artifact(tracker.run_url(run_id), link_text=f"MLflow run of {stage}")
+
+
+def record_stage(tracker: Tracker, config: RunConfig, run_dir: Path, parent_run_id: str, run_id: str, index: int,
+                 model: StepRecord, evaluation: StepRecord | None, outcome: str,
+                 **step_records: StepRecord) -> dict[str, float]:
+    """Log a finished stage to MLflow: step summaries on the child, per-stage summary on the parent
+    (step = the stage index), plots, pairs, and the checkpoint as a registered model version."""
+    stage = stage_name(index)
+    child = {f"{name}/{k}": v for name, record in step_records.items() for k, v in record.summary.items()
+             if isinstance(v, int | float)}
+    eval_metrics = {k: v for k, v in (evaluation.summary if evaluation else {}).items() if isinstance(v, int | float)}
+    tracker.log_metrics(run_id, {**child, **{f"eval/{k}": v for k, v in eval_metrics.items()}}, step=index)
+    summary = parent_summary(step_records, model, eval_metrics)
+    tracker.log_metrics(parent_run_id, summary, step=index)
+
+    plots = run_dir / stage / "plots"
+    judge = step_records["judgments"].summary if "judgments" in step_records else {}
+    for png in (
+        plot_learning_curves({key: tracker.metric_history(run_id, key) for key in CURVES}, plots / "learning_curves.png", stage),
+        plot_score_histogram(judge.get("score_histogram", {}), plots / "judge_scores.png", f"{stage}: judge scores"),
+    ):
+        if png is not None:
+            tracker.log_artifact(run_id, png, "plots")
+    if "pairs" in step_records:
+        tracker.log_artifact(run_id, Path(step_records["pairs"].path) / "pairs.jsonl", "pairs")
+    tags = {"selfreward.checkpoint": str(model_dir(model)), TAG_OUTCOME: outcome}
+    if config.tracking.log_checkpoints:
+        name = config.tracking.registered_model or f"{config.run_name}-policy"
+        tags["selfreward.model_version"] = tracker.register_checkpoint(run_id, model_dir(model), name, alias=stage)
+    tracker.set_tags(run_id, tags)
+    tracker.finish(run_id)
+    return summary
+
+
+def stage_outcome(index: int, model: StepRecord, judgments: StepRecord | None) -> str:
+    """`completed`, or `skipped: <why>` when the stage's model is its input unchanged."""
+    skipped = model.summary.get("skipped")
+    if not skipped:
+        return "completed"
+    judge = judgments.summary if judgments is not None else {}
+    if judge.get("candidates") and judge.get("unscored_candidates") == judge.get("candidates"):
+        why = (f"the judge produced no parsable score ({judge.get('parse_failures', 0)} of "
+               f"{judge.get('judgments', 0)} judgments unparsable), so {skipped}")
+    else:
+        why = str(skipped)
+    return f"skipped: {why}; M{index + 1} = M{index}"
+
+
+def parent_summary(records: dict[str, StepRecord], model: StepRecord, eval_metrics: dict[str, float]) -> dict[str, float]:
+    """The per-stage metrics of the parent run (one point per stage): pairs, judge, DPO, evaluation."""
+    pairs = records["pairs"].summary if "pairs" in records else {}
+    judge = records["judgments"].summary if "judgments" in records else {}
+    summary = {
+        "num_pairs": pairs.get("pairs"),
+        "skip_rate": pairs.get("skip_rate"),
+        "parse_failure_rate": judge.get("parse_failure_rate"),
+        "mean_chosen_score": pairs.get("mean_chosen_score"),
+        "mean_rejected_score": pairs.get("mean_rejected_score"),
+        "mean_chosen_length": pairs.get("mean_chosen_length"),
+        "mean_rejected_length": pairs.get("mean_rejected_length"),
+        "dpo_reward_accuracy": model.summary.get("final/rewards/accuracies"),
+        "train_loss": model.summary.get("final/loss"),
+        **eval_metrics,
+    }
+    return {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}

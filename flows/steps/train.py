@@ -1,0 +1,70 @@
+"""An iteration's training step: one DPO round from M_t on its pairs, with the reference reset to M_t."""
+
+import shutil
+from pathlib import Path
+
+import dpo
+from flows.stepdir import (
+    Salt,
+    StepRecord,
+    fingerprint,
+    iter_dir,
+    launch_rank,
+    pause_point,
+    run_step,
+    step_seed,
+)
+from flows.steps.common import flush_metrics, save_model, scalars, trainable_model
+from pipeline.config import RunConfig
+
+
+def dpo_step(config: RunConfig, iteration: int, run_dir: Path, model: StepRecord, pairs: StepRecord, log_fn=None) -> StepRecord:
+    """DPO on this iteration's pairs: the policy starts at M_t and the reference is reset to M_t.
+
+    With `dpo.checkpoint_every`, the round's state is saved in `<iter>/.dpo-state/<fingerprint>/`
+    (beside the step's temp folder, so restarting the step keeps it) and a killed step resumes from
+    it; the folder is deleted once the step has published its checkpoint.
+
+    Raises:
+        dpo.NonFiniteLossError: the loss became NaN/inf; nothing is published and M_t stays the
+            latest model.
+    """
+    cfg, seed = config.iteration_config(iteration).dpo, step_seed(config.seed, iteration, Salt.DPO)
+    out = iter_dir(run_dir, iteration)
+    step_fp = fingerprint("dpo", cfg.model_dump(), model.fingerprint, pairs.fingerprint, seed)
+    state_root = out / ".dpo-state"
+
+    def on_step(metrics: dict[str, float], step: int) -> None:
+        if log_fn is not None:
+            log_fn(metrics, step)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                flush_metrics(log_fn)  # the resumable state saved after this step must not outrun MLflow
+        pause_point(f"{out.name}/dpo@{step}", out)
+
+    def build(tmp: Path) -> dict:
+        policy, tokenizer = trainable_model(config, model)
+        if pairs.summary.get("pairs", 0) == 0:  # every prompt tied or was unscored: M_{t+1} = M_t
+            save_model(policy, tokenizer, tmp)
+            return {"skipped": "no preference pairs", "steps": 0}
+        if launch_rank() == 0:  # states of other inputs (and temp folders) are never resumed
+            for stale in (p for p in state_root.glob("*") if p.name != step_fp):
+                shutil.rmtree(stale, ignore_errors=True)
+        try:
+            summary = dpo.train_dpo(
+                policy, pairs.path, loss=cfg.to(dpo.LossSettings), optim=cfg.to(dpo.OptimSettings),
+                early_stopping=cfg.early_stopping.to(dpo.EarlyStopping), valid_fraction=cfg.early_stopping.valid_fraction,
+                precompute_ref_logps=cfg.precompute_ref_logps, vocab_size=len(tokenizer),
+                checkpoint_every=cfg.checkpoint_every, state_dir=state_root / step_fp, seed=seed, log_fn=on_step)
+        except dpo.NonFiniteLossError as err:
+            raise dpo.NonFiniteLossError(
+                f"{out.name} DPO: {err}. The run stops here: nothing is published for this step and M_{iteration} "
+                f"stays the latest model; lower iteration.dpo.start_learning_rate (or beta) and start a new run"
+            ) from err
+        flush_metrics(log_fn)
+        save_model(policy, tokenizer, tmp)
+        return scalars(summary)
+
+    record = run_step("dpo", out / "checkpoint", step_fp, build)
+    if launch_rank() == 0:
+        shutil.rmtree(state_root, ignore_errors=True)  # the published checkpoint supersedes it
+    return record
