@@ -124,8 +124,13 @@ class TrainingLoop:
             limits.append(self.optim.num_epochs * per_epoch)
         return min(limits) if limits else per_epoch
 
-    def begin_round(self, dataset: Dataset) -> tuple[Iterator[dict], int]:
+    def begin_round(self, dataset: Dataset, replay: Dataset | None = None,
+                    replay_batch_size: int = 0) -> tuple[Iterator[dict], int]:
         """Fresh data order, AdamW state and LR schedule for a new round.
+
+        With `replay` (SFT examples: "seq", "prompt_len"), every micro-batch also carries
+        `replay_batch_size` of them as "replay_seq" / "replay_prompt_len", drawn from their own
+        shuffled, endlessly repeated stream; the round's length still counts `dataset` only.
 
         Returns:
             `(batches, total_steps)`: an endless batch iterator and the optimizer steps to run.
@@ -135,9 +140,7 @@ class TrainingLoop:
         """
         if len(dataset) == 0:
             raise ValueError("the training dataset is empty: nothing to train on")
-        generator = torch.Generator().manual_seed(self.seed + self.round)
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=True, generator=generator)
-        loader = self.accelerator.prepare_data_loader(loader)
+        loader = self._loader(dataset, self.batch_size, self.seed + self.round)
         total_steps = self.plan_steps(len(loader))
         self.optimizer.state.clear()  # each round starts from fresh AdamW moments
         self.scheduler = build_scheduler(
@@ -148,7 +151,18 @@ class TrainingLoop:
             end_lr=self.optim.end_learning_rate,
         )
         self.round += 1
-        return _repeat(loader), total_steps
+        batches = _repeat(loader)
+        if replay is not None and len(replay) and replay_batch_size:
+            # Its own generator: adding replay leaves the order of the pairs unchanged.
+            replay_batches = _repeat(self._loader(replay, replay_batch_size, self.seed + self.round + 1_000_003))
+            batches = ({**pairs, "replay_seq": extra["seq"], "replay_prompt_len": extra["prompt_len"]}
+                       for pairs, extra in zip(batches, replay_batches))
+        return batches, total_steps
+
+    def _loader(self, dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(seed)
+        return self.accelerator.prepare_data_loader(
+            DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator))
 
     # ---------------------------------------------------------------- one step
     def _micro_batches(self, batches: Iterator[dict]) -> tuple[dict[str, torch.Tensor], int]:

@@ -41,6 +41,8 @@ class DPO(nn.Module):
         share_prompt: Score chosen and rejected in one row that holds the prompt once (see
             `dpo.shared_prompt`) where the model supports it and the batch is cheaper that way;
             False always uses two rows per pair.
+        replay_weight: Weight of the NLL of replayed SFT examples (`replay_seq`), e.g. judge data
+            kept in every DPO round so the judge keeps its format.
     """
 
     def __init__(
@@ -53,19 +55,20 @@ class DPO(nn.Module):
         ref_ema_decay: float = 1.0,
         reduction: Reduction = "sum",
         share_prompt: bool = True,
+        replay_weight: float = 1.0,
     ) -> None:
         super().__init__()
         validate_loss_args(loss_type, beta, label_smoothing)
         if not 0.0 <= ref_ema_decay <= 1.0:
             raise ValueError(f"ref_ema_decay must be in [0, 1], got {ref_ema_decay!r}")
-        if nll_weight < 0:
-            raise ValueError(f"nll_weight must be >= 0, got {nll_weight!r}")
+        if nll_weight < 0 or replay_weight < 0:
+            raise ValueError(f"nll_weight and replay_weight must be >= 0, got {nll_weight!r}, {replay_weight!r}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {sorted(REDUCTIONS)}, got {reduction!r}")
         self.policy = model
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
         self.nll_weight, self.ref_ema_decay, self.reduction = nll_weight, ref_ema_decay, reduction
-        self.share_prompt = share_prompt
+        self.share_prompt, self.replay_weight = share_prompt, replay_weight
         self.ref_ema: EMA | None = None
         if self.ref_is_frozen:
             self.ref_model = frozen_copy(model)
@@ -149,6 +152,8 @@ class DPO(nn.Module):
         prompt_len: torch.Tensor,
         ref_chosen_logps: torch.Tensor | None = None,
         ref_rejected_logps: torch.Tensor | None = None,
+        replay_seq: torch.Tensor | None = None,
+        replay_prompt_len: torch.Tensor | None = None,
     ) -> StepOutput:
         """DPO loss and metrics for a batch of pairs.
 
@@ -158,6 +163,9 @@ class DPO(nn.Module):
             prompt_len: (B,) prompt length shared by both rows of a pair.
             ref_chosen_logps: Optional precomputed (B,) reference log-probs of `chosen`.
             ref_rejected_logps: Optional precomputed (B,) reference log-probs of `rejected`.
+            replay_seq: Optional (R, L') SFT sequences (prompt + response) whose token-mean NLL is
+                added with `replay_weight` (`replay/nll` in the metrics).
+            replay_prompt_len: (R,) prompt lengths of `replay_seq`.
 
         Returns:
             `StepOutput` with the mean loss over pairs and TRL-named metrics.
@@ -190,7 +198,14 @@ class DPO(nn.Module):
             nll = mean_token_nll(logps[:batch], mask[:batch])
             loss = loss + self.nll_weight * nll
             metrics["nll"] = nll.detach()
-        metrics["loss"] = loss.detach()
         # tokens of the chosen and rejected sequences, prompt counted in both however it was computed
         num_tokens = int((chosen >= 0).sum() + (rejected >= 0).sum())
+        if replay_seq is not None:
+            replay_logps, replay_mask, pad_mask = response_logprobs(
+                self.policy, trim_right_padding(replay_seq), replay_prompt_len.to(replay_seq.device))
+            replay_nll = mean_token_nll(replay_logps, replay_mask)
+            loss = loss + self.replay_weight * replay_nll
+            metrics["replay/nll"] = replay_nll.detach()
+            num_tokens += int(pad_mask.sum())
+        metrics["loss"] = loss.detach()
         return StepOutput(loss=loss, metrics=metrics, num_tokens=num_tokens)

@@ -74,6 +74,7 @@ class LossSettings:
         reduction: "sum" (DPO) or "mean" of the token log-probs of a response.
         share_prompt: Score chosen and rejected in one row holding the prompt once where the model
             family is checked and the batch is cheaper that way.
+        replay_weight: Weight of the NLL of replayed SFT examples (judge replay), when a round has any.
     """
 
     beta: float = 0.1
@@ -83,6 +84,7 @@ class LossSettings:
     ref_ema_decay: float = 1.0
     reduction: Reduction = "sum"
     share_prompt: bool = True
+    replay_weight: float = 1.0
 
 
 @dataclass(frozen=True)

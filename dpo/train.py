@@ -46,6 +46,8 @@ def train_dpo(
     optim: OptimSettings,
     early_stopping: EarlyStopping = EarlyStopping(),
     valid_fraction: float = 0.0,
+    replay: Dataset | None = None,
+    replay_batch_size: int = 0,
     precompute_ref_logps: bool = True,
     vocab_size: int | None = None,
     checkpoint_every: int | None = None,
@@ -67,6 +69,9 @@ def train_dpo(
         optim: Optimizer, schedule and round length.
         early_stopping: Evaluation cadence and patience (needs `valid_fraction > 0` to evaluate).
         valid_fraction: Share of the pairs held out for validation.
+        replay: SFT examples trained with NLL alongside the pairs (e.g. judge data, so the judge
+            keeps its format), `replay_batch_size` per micro-batch, weighted by `loss.replay_weight`.
+        replay_batch_size: Replay examples per micro-batch (0: none).
         precompute_ref_logps: Reference log-probs once per round (frozen reference only).
         vocab_size: Every token id of the pairs must be below it (checked on open).
         checkpoint_every: Save the resumable round state every N optimizer steps (needs `state_dir`).
@@ -83,7 +88,8 @@ def train_dpo(
         raise ValueError("early stopping needs held-out pairs: set valid_fraction > 0")
     trainer = DPOTrainer(
         DPO(policy, **asdict(loss)), optim=optim, dataset_generator=lambda: train, valid_dataset=valid,
-        early_stopping=early_stopping, precompute_ref_logps=precompute_ref_logps,
+        early_stopping=early_stopping, replay_dataset=replay, replay_batch_size=replay_batch_size,
+        precompute_ref_logps=precompute_ref_logps,
         checkpoint_every=checkpoint_every, state_dir=state_dir, seed=seed, log_fn=log_fn,
     )
     return {**trainer.train(), "valid_pairs": 0 if valid is None else len(valid)}

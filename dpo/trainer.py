@@ -35,7 +35,8 @@ from .train_state import RoundState, load_train_state, restore_rng, save_train_s
 __all__ = ["DPOTrainer", "Evaluator"]
 
 Evaluator = Callable[[nn.Module], float]
-_DPO_INPUTS = ("chosen", "rejected", "prompt_len", "ref_chosen_logps", "ref_rejected_logps")
+_DPO_INPUTS = ("chosen", "rejected", "prompt_len", "ref_chosen_logps", "ref_rejected_logps", "replay_seq",
+               "replay_prompt_len")
 
 
 def _pair_length(item: dict, shared_prompt: bool) -> int:
@@ -71,6 +72,9 @@ class DPOTrainer:
         evaluator: `evaluator(policy) -> score`, called on every process in eval mode under
             no_grad; the main process's score is used by all. Default: validation DPO loss.
         early_stopping: When to evaluate and stop; the best weights are restored at the end.
+        replay_dataset: SFT examples ("seq", "prompt_len") trained with NLL alongside the pairs,
+            `replay_batch_size` per micro-batch (see `DPO.replay_weight`), e.g. judge data.
+        replay_batch_size: Replay examples per micro-batch (0: none).
         precompute_ref_logps: Compute reference log-probs once per round (frozen reference only).
         accelerator: Accelerator to run on (a default one when None).
         checkpoint_dir: Where the final (best) policy is saved after each round.
@@ -94,6 +98,8 @@ class DPOTrainer:
         valid_dataset: Dataset | None = None,
         evaluator: Evaluator | None = None,
         early_stopping: EarlyStopping = EarlyStopping(),
+        replay_dataset: Dataset | None = None,
+        replay_batch_size: int = 0,
         precompute_ref_logps: bool = True,
         accelerator: Accelerator | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
@@ -112,6 +118,7 @@ class DPOTrainer:
         self.dataset_generator, self.train_dataset = dataset_generator, train_dataset
         self.valid_dataset, self.batch_size = valid_dataset, optim.batch_size
         self.precompute_ref_logps, self.early_stopping = precompute_ref_logps, early_stopping
+        self.replay_dataset, self.replay_batch_size = replay_dataset, replay_batch_size
         self.evaluator = evaluator or self.validation_loss
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         if state_dir is None and self.checkpoint_dir is not None:
@@ -200,7 +207,7 @@ class DPOTrainer:
         set_seed(self.seed + self.loop.round)
         if self.precompute_ref_logps and self.dpo.ref_is_frozen:
             dataset = self._with_ref_logps(dataset)
-        batches, total_steps = self.loop.begin_round(dataset)
+        batches, total_steps = self.loop.begin_round(dataset, self.replay_dataset, self.replay_batch_size)
         stopper = EarlyStopper(self.early_stopping.patience, self.early_stopping.higher_is_better)
         # Restore point for a non-finite loss; a frozen reference already holds the start weights.
         self._good = None if self.dpo.ref_is_frozen else WeightSnapshot(self.dpo.policy)
@@ -239,7 +246,8 @@ class DPOTrainer:
     def _round_identity(self, num_pairs: int, total_steps: int) -> dict:
         return {"num_pairs": num_pairs, "total_steps": total_steps, "batch_size": self.batch_size,
                 "grad_accum_steps": self.loop.grad_accum_steps, "processes": self.accelerator.num_processes,
-                "round": self.loop.round, "seed": self.seed, "ref_frozen": self.dpo.ref_is_frozen}
+                "round": self.loop.round, "seed": self.seed, "ref_frozen": self.dpo.ref_is_frozen,
+                "replay": [len(self.replay_dataset or []), self.replay_batch_size]}
 
     def _save_state(self, state: RoundState, best: WeightSnapshot | None) -> None:
         save_train_state(

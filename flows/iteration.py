@@ -1,4 +1,11 @@
-"""One self-rewarding iteration as a Prefect subflow: M_t -> M_{t+1}, a task per step."""
+"""One self-rewarding iteration as a Prefect subflow: M_t -> M_{t+1}, a task per step.
+
+prompts -> candidates -> (judge choice) -> judgments -> [meta-judge pairs] -> [consistency] -> pairs
+-> DPO (reference reset to M_t) -> evaluation and judge health of M_{t+1}.
+
+An iteration that cannot improve the model (no prompts, no pairs, or no judge passing its gate) is
+a named outcome, handled as `iteration.on_degenerate` says (`flows/outcomes.py`).
+"""
 
 from pathlib import Path
 
@@ -7,32 +14,72 @@ from prefect.runtime import flow_run
 
 from flows import steps
 from flows.launch import CurveTarget
+from flows.outcomes import choose_judge, degenerate
 from flows.stage import finish_stage
 from flows.stepdir import StepRecord
-from flows.tasks import step_tasks
+from flows.tasks import StepTasks, step_tasks
 from pipeline.config import RunConfig
 from pipeline.report import stage_name
 from pipeline.tracking import Tracker
 
 
 @flow(name="selfreward-iteration", flow_run_name="iter-{iteration}", log_prints=True)
-def iteration_flow(config: RunConfig, iteration: int, run_dir: str, model: StepRecord, data: StepRecord,
+def iteration_flow(config: RunConfig, iteration: int, run_dir: str, models: list[StepRecord], data: StepRecord,
                    parent_run_id: str, tracking_uri: str) -> StepRecord:
-    """Generate prompts, sample, self-judge, build pairs, DPO with the reference reset to M_t, evaluate."""
+    """One iteration from M_t = `models[-1]`; `models` holds every stage's model so far (M1 first)."""
     tasks, out, stage, logger = step_tasks(config.runtime), Path(run_dir), stage_name(iteration), get_run_logger()
+    cfg, model = config.iteration_config(iteration), models[-1]
     tracker = Tracker.from_config(tracking_uri, config.tracking)
     with tracker.stage(parent_run_id, config.run_name, stage, {"prefect.flow_run_id": str(flow_run.id)}) as run_id:
-        tracker.log_params(run_id, config.iteration_config(iteration).model_dump(mode="json"))
-        m_t = steps.inference_model(config, model)  # loaded once, read by the next three steps
+        tracker.log_params(run_id, cfg.model_dump(mode="json"))
+        m_t = steps.inference_model(config, model)  # loaded once, read by the generation and judge steps
         prompts = tasks.prompts(config, iteration, out, model, data, m_t)
-        logger.info("%s: %d prompts", stage, prompts.summary.get("prompts", 0))
-        candidates = tasks.candidates(config, iteration, out, model, prompts, m_t)
-        judgments = tasks.judge(config, iteration, out, model, candidates, m_t)
+        skip = None
+        if not prompts.summary.get("prompts"):
+            action, skip = degenerate(config, iteration, f"self-instruct produced no prompts ({prompts.summary['rejected']})")
+            if action == "fallback":
+                prompts, skip = tasks.prompts(config, iteration, out, model, data, m_t, source="seed"), None
+        logger.info("%s: %d prompts (%s)", stage, prompts.summary.get("prompts", 0), prompts.summary.get("source"))
+        judge_index, judge_reason = choose_judge(tasks, config, iteration, out, models, data, m_t)
+        tracker.set_tags(run_id, {"selfreward.judge": judge_reason})
+        if judge_index is None and skip is None:
+            skip = degenerate(config, iteration, judge_reason)[1] or judge_reason  # nothing left to fall back to
+        pairs = consistency = None
+        records = {"prompts": prompts}
+        if skip is None:
+            pairs, consistency = _judge_and_pair(tasks, config, iteration, out, models, judge_index, m_t, prompts, records)
+            if not pairs.summary.get("pairs"):
+                _, skip = degenerate(config, iteration, f"no preference pairs (skipped: {pairs.summary.get('skipped')})")
         m_t.release()  # DPO loads its own copy to train
-        pairs = tasks.pairs(config, iteration, out, candidates, judgments)
-        logger.info("%s: %d preference pairs (%s skipped)", stage, pairs.summary.get("pairs", 0),
-                    pairs.summary.get("skipped", 0))
-        new_model = tasks.dpo(config, iteration, out, model, pairs, CurveTarget(tracking_uri, run_id))
-        finish_stage(tasks, tracker, config, out, parent_run_id, run_id, iteration, new_model, data,
-                     prompts=prompts, candidates=candidates, judgments=judgments, pairs=pairs)
+        new_model = tasks.dpo(config, iteration, out, model, pairs, data, consistency, skip,
+                              CurveTarget(tracking_uri, run_id))
+        finish_stage(tasks, tracker, config, out, parent_run_id, run_id, iteration, new_model, data, **records)
     return new_model
+
+
+def _judge_and_pair(tasks: StepTasks, config: RunConfig, iteration: int, out: Path, models: list[StepRecord],
+                    judge_index: int, m_t, prompts: StepRecord, records: dict) -> tuple[StepRecord, StepRecord | None]:
+    """Candidates, judgments, the optional remedies, pairs; adds each step's record to `records`."""
+    cfg, model, logger = config.iteration_config(iteration), models[-1], get_run_logger()
+    judge = models[judge_index]
+    judge_loaded = m_t if judge_index == len(models) - 1 else steps.inference_model(config, judge)
+    anchor = models[0] if cfg.candidates.anchor_samples else None
+    anchor_loaded = steps.inference_model(config, anchor) if anchor is not None else None
+    records["candidates"] = tasks.candidates(config, iteration, out, model, prompts, m_t, anchor, anchor_loaded)
+    records["judgments"] = tasks.judge(config, iteration, out, judge, records["candidates"], judge_loaded)
+    judge_pairs = consistency = None
+    if cfg.meta_judge.enabled and not cfg.judge.reward_fn:
+        judge_pairs = records["judge_pairs"] = tasks.meta_judge(config, iteration, out, judge, records["candidates"],
+                                                                records["judgments"], judge_loaded)
+    if cfg.consistency.enabled and len(models) > 1 and not cfg.judge.reward_fn:
+        previous = models[-2]
+        consistency = records["consistency"] = tasks.consistency(
+            config, iteration, out, previous, records["candidates"], records["judgments"],
+            steps.inference_model(config, previous))
+    for loaded in (judge_loaded, anchor_loaded):
+        if loaded is not None and loaded is not m_t:
+            loaded.release()
+    pairs = records["pairs"] = tasks.pairs(config, iteration, out, records["candidates"], records["judgments"], judge_pairs)
+    logger.info("iter-%d: %d preference pairs (%s skipped)", iteration, pairs.summary.get("pairs", 0),
+                pairs.summary.get("skipped", 0))
+    return pairs, consistency

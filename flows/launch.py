@@ -42,10 +42,12 @@ def launch_sft(config: RunConfig, run_dir: Path, base: StepRecord, data: StepRec
     return _launch(steps.sft_step, config, run_dir, curves, base=base, data=data)
 
 
-def launch_dpo(config: RunConfig, iteration: int, run_dir: Path, model: StepRecord, pairs: StepRecord,
+def launch_dpo(config: RunConfig, iteration: int, run_dir: Path, model: StepRecord, pairs: StepRecord | None,
+               data: StepRecord, consistency: StepRecord | None = None, skip: str | None = None,
                curves: CurveTarget | None = None) -> StepRecord:
     """One DPO round (M_t -> M_{t+1}) as `runtime.launcher` says; see `steps.dpo_step`."""
-    return _launch(steps.dpo_step, config, run_dir, curves, iteration=iteration, model=model, pairs=pairs)
+    return _launch(steps.dpo_step, config, run_dir, curves, iteration=iteration, model=model, pairs=pairs,
+                   data=data, consistency=consistency, skip=skip)
 
 
 def _launch(step: Callable[..., StepRecord], config: RunConfig, run_dir: Path, curves: CurveTarget | None,

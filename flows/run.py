@@ -74,12 +74,14 @@ def _run(config: RunConfig, output: Path) -> dict[str, Any]:
                 tracker.log_params(run_id, config.sft.model_dump(mode="json"))
                 model = tasks.sft(config, run_dir, model, data, CurveTarget(tracking_uri, run_id))
                 finish_stage(tasks, tracker, config, run_dir, parent, run_id, 0, model, data)
+        models = [model]  # M1, M2, ...: earlier judges and anchors come from here
         for iteration in range(1, config.iterations + 1):
             # The subflow runs in this process, whose flow-run heartbeat already shows it alive; a
             # second heartbeat thread would hold each iteration up to 1 s at exit (it is joined
             # between 1 s sleeps).
             with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-                model = iteration_flow(config, iteration, str(run_dir), model, data, parent, tracking_uri)
+                models.append(iteration_flow(config, iteration, str(run_dir), models, data, parent, tracking_uri))
+        model = models[-1]
     rows = comparison_rows(tracker.stage_metrics(parent))
     plot = plot_comparison(rows, run_dir / "plots" / "stages.png")
     tracker.log_artifact(parent, plot, "plots")

@@ -10,12 +10,14 @@ run as `selfreward.outcome`:
   stage run is marked FAILED and the run stops. Re-running the same command resumes it.
 """
 
+import math
 from pathlib import Path
 
 from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.stepdir import StepRecord, model_dir
+from flows.steps import inference_model
 from flows.tasks import StepTasks
 from pipeline.config import RunConfig
 from pipeline.report import (
@@ -36,9 +38,12 @@ def finish_stage(tasks: StepTasks, tracker: Tracker, config: RunConfig, run_dir:
     outcome = stage_outcome(index, model, step_records.get("judgments"))
     if outcome != "completed":
         get_run_logger().warning("%s: %s", stage, outcome)
-    evaluation = tasks.evaluate(config, stage, run_dir, model, data) if config.eval.enabled else None
+    loaded = inference_model(config, model)  # read by both steps, loaded once
+    evaluation = tasks.evaluate(config, stage, run_dir, model, data, loaded) if config.eval.enabled else None
+    health = tasks.judge_health(config, stage, run_dir, model, data, loaded)
+    loaded.release()
     metrics = record_stage(tracker, config, run_dir, parent_run_id, run_id, index, model, evaluation, outcome,
-                           **step_records)
+                           judge_health=health, **step_records)
     create_markdown_artifact(stage_summary_markdown(config.run_name, stage, metrics, tracker.run_url(run_id)),
                              key=artifact_key(config.run_name, stage), description=f"{config.run_name} {stage} summary")
     if tracker.tracking_uri.startswith("http"):
@@ -51,8 +56,7 @@ def record_stage(tracker: Tracker, config: RunConfig, run_dir: Path, parent_run_
     """Log a finished stage to MLflow: step summaries on the child, per-stage summary on the parent
     (step = the stage index), plots, pairs, and the checkpoint as a registered model version."""
     stage = stage_name(index)
-    child = {f"{name}/{k}": v for name, record in step_records.items() for k, v in record.summary.items()
-             if isinstance(v, int | float)}
+    child = {key: value for name, record in step_records.items() for key, value in _flat(name, record.summary)}
     eval_metrics = {k: v for k, v in (evaluation.summary if evaluation else {}).items() if isinstance(v, int | float)}
     tracker.log_metrics(run_id, {**child, **{f"eval/{k}": v for k, v in eval_metrics.items()}}, step=index)
     summary = parent_summary(step_records, model, eval_metrics)
@@ -77,6 +81,16 @@ def record_stage(tracker: Tracker, config: RunConfig, run_dir: Path, parent_run_
     return summary
 
 
+def _flat(prefix: str, summary: dict):
+    """(`prefix/key`, number) for every number of a step summary, one level of nesting included
+    (e.g. `prompts/rejected/duplicate`)."""
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            yield from _flat(f"{prefix}/{key}", value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield f"{prefix}/{key}", value
+
+
 def stage_outcome(index: int, model: StepRecord, judgments: StepRecord | None) -> str:
     """`completed`, or `skipped: <why>` when the stage's model is its input unchanged."""
     skipped = model.summary.get("skipped")
@@ -92,19 +106,35 @@ def stage_outcome(index: int, model: StepRecord, judgments: StepRecord | None) -
 
 
 def parent_summary(records: dict[str, StepRecord], model: StepRecord, eval_metrics: dict[str, float]) -> dict[str, float]:
-    """The per-stage metrics of the parent run (one point per stage): pairs, judge, DPO, evaluation."""
-    pairs = records["pairs"].summary if "pairs" in records else {}
-    judge = records["judgments"].summary if "judgments" in records else {}
+    """The per-stage metrics of the parent run (one point per stage): prompts, diversity, judge use
+    and health, pairs, DPO, evaluation. A rate of 0 of 0 is NaN (shown as n/a), never 0."""
+
+    iteration = "prompts" in records  # SFT has none of the loop's rates; a skipped iteration has them n/a
+
+    def get(step: str, key: str, rate: bool = False, loop: bool = False):
+        value = records[step].summary.get(key) if step in records else None
+        return math.nan if rate and value is None and (step in records or (loop and iteration)) else value
+
     summary = {
-        "num_pairs": pairs.get("pairs"),
-        "skip_rate": pairs.get("skip_rate"),
-        "parse_failure_rate": judge.get("parse_failure_rate"),
-        "mean_chosen_score": pairs.get("mean_chosen_score"),
-        "mean_rejected_score": pairs.get("mean_rejected_score"),
-        "mean_chosen_length": pairs.get("mean_chosen_length"),
-        "mean_rejected_length": pairs.get("mean_rejected_length"),
+        "num_prompts": get("prompts", "prompts"),
+        "valid_task_share": get("prompts", "valid_task_share"),
+        "diversity": get("candidates", "distinct_share", rate=True, loop=True),
+        "num_pairs": get("pairs", "pairs"),
+        "anchored_pairs": get("pairs", "anchored_pairs"),
+        "judge_pairs": get("pairs", "judge_pairs"),
+        "skip_rate": get("pairs", "skip_rate", rate=True, loop=True),
+        "parse_failure_rate": get("judgments", "parse_failure_rate", rate=True, loop=True),
+        "consistency_rate": get("consistency", "consistency_rate", rate=True),
+        "mean_chosen_score": get("pairs", "mean_chosen_score"),
+        "mean_rejected_score": get("pairs", "mean_rejected_score"),
+        "mean_chosen_length": get("pairs", "mean_chosen_length"),
+        "mean_rejected_length": get("pairs", "mean_rejected_length"),
         "dpo_reward_accuracy": model.summary.get("final/rewards/accuracies"),
         "train_loss": model.summary.get("final/loss"),
+        "judge_accuracy": get("judge_health", "pairwise_accuracy", rate=True),
+        "judge_exact_agreement": get("judge_health", "exact_agreement", rate=True),
+        "judge_verdict_agreement": get("judge_health", "verdict_agreement", rate=True),
+        "judge_parse_failures": get("judge_health", "parse_failure_rate", rate=True),
         **eval_metrics,
     }
-    return {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}
+    return {k: float(v) for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}

@@ -84,6 +84,8 @@ class Salt(IntEnum):
     JUDGE = 3
     DPO = 4
     PAIRS = 5
+    META_JUDGE = 6
+    CONSISTENCY = 7
 
 
 def step_seed(run_seed: int, iteration: int, salt: Salt) -> int:

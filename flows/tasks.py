@@ -39,9 +39,12 @@ class StepTasks(NamedTuple):
     prompts: Task
     candidates: Task
     judge: Task
+    meta_judge: Task
+    consistency: Task
     pairs: Task
     dpo: Task
     evaluate: Task
+    judge_health: Task
 
 
 TASKS = StepTasks(
@@ -51,9 +54,12 @@ TASKS = StepTasks(
     prompts=_step_task(steps.prompts_step, "prompts", "prompts-iter-{iteration}"),
     candidates=_step_task(steps.candidates_step, "candidates", "candidates-iter-{iteration}"),
     judge=_step_task(steps.judge_step, "judge", "judge-iter-{iteration}"),
+    meta_judge=_step_task(steps.meta_judge_step, "meta-judge", "meta-judge-iter-{iteration}"),
+    consistency=_step_task(steps.consistency_step, "consistency", "consistency-iter-{iteration}"),
     pairs=_step_task(steps.pairs_step, "pairs", "pairs-iter-{iteration}"),
     dpo=_step_task(launch.launch_dpo, "dpo", "dpo-iter-{iteration}"),
     evaluate=_step_task(steps.eval_step, "eval", "eval-{stage}"),
+    judge_health=_step_task(steps.judge_health_step, "judge-health", "judge-health-{stage}"),
 )
 
 

@@ -1,7 +1,14 @@
 """Sampling from Hugging Face causal LMs: chat prompts, batched KV-cached decoding, self-instruct
 prompts, and the prompts and candidates files of the loop's first two steps."""
 
-from generation.candidates import CANDIDATES_FILE, PromptCandidates, read_candidates, sample_candidates
+from generation.candidates import (
+    CANDIDATES_FILE,
+    CandidatesSummary,
+    PromptCandidates,
+    distinct_share,
+    read_candidates,
+    sample_candidates,
+)
 from generation.chat import encode_chat_prompt, render_chat_prompt
 from generation.decoding import Completion, PromptError, common_prefix_len, generate, prompt_budget
 from generation.filters import PromptFilter, PromptPool, RejectReason, lcs_length, rouge_l
@@ -9,10 +16,12 @@ from generation.jsonl import iter_jsonl, write_jsonl
 from generation.next_token import SamplingParams, SamplingParamsError, sample_next_tokens
 from generation.prompt_io import PromptFileError, read_prompts
 from generation.prompts import (
+    FEWSHOT_INSTRUCTION,
     PROMPTS_FILE,
     GeneratedPrompts,
     build_fewshot_prompt,
     extract_task,
+    fewshot_examples,
     read_prompt_file,
     sample_pool,
     self_instruct,
@@ -22,7 +31,9 @@ from generation.stats import GenerationStats
 
 __all__ = [
     "CANDIDATES_FILE",
+    "FEWSHOT_INSTRUCTION",
     "PROMPTS_FILE",
+    "CandidatesSummary",
     "Completion",
     "GeneratedPrompts",
     "GenerationStats",
@@ -36,8 +47,10 @@ __all__ = [
     "SamplingParamsError",
     "build_fewshot_prompt",
     "common_prefix_len",
+    "distinct_share",
     "encode_chat_prompt",
     "extract_task",
+    "fewshot_examples",
     "generate",
     "iter_jsonl",
     "lcs_length",

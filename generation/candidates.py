@@ -5,12 +5,14 @@
     {"prompt": str, "prompt_ids": [int], "candidates": [{"token_ids": [int], "text": str, "finished": bool}]}
 
 `prompt_ids` are the chat-rendered prompt (ending with the assistant header), so the pairs built
-from this file train on exactly the tokens the responses were sampled after.
+from this file train on exactly the tokens the responses were sampled after. With an anchor model
+(anchored rejection), a row also holds `"anchors"`: responses of that earlier model to the prompt.
 """
 
+import dataclasses
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from generation.next_token import SamplingParams
 from generation.prompts import read_prompt_file
 from generation.stats import GenerationStats
 
-__all__ = ["CANDIDATES_FILE", "PromptCandidates", "read_candidates", "sample_candidates"]
+__all__ = ["CANDIDATES_FILE", "CandidatesSummary", "PromptCandidates", "distinct_share", "read_candidates", "sample_candidates"]
 
 CANDIDATES_FILE = "candidates.jsonl"
 
@@ -33,19 +35,43 @@ class PromptCandidates:
     prompt: str
     prompt_ids: list[int]
     candidates: list[Completion]
+    anchors: list[Completion] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "prompt_ids": self.prompt_ids,
-                "candidates": [c.to_json() for c in self.candidates]}
+        row = {"prompt": self.prompt, "prompt_ids": self.prompt_ids, "candidates": [c.to_json() for c in self.candidates]}
+        if self.anchors:
+            row["anchors"] = [c.to_json() for c in self.anchors]
+        return row
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> "PromptCandidates":
-        return cls(row["prompt"], list(row["prompt_ids"]), [Completion.from_json(c) for c in row["candidates"]])
+        return cls(row["prompt"], list(row["prompt_ids"]), [Completion.from_json(c) for c in row["candidates"]],
+                   [Completion.from_json(c) for c in row.get("anchors", [])])
+
+
+@dataclass
+class CandidatesSummary:
+    """What the candidates step reports: sampling throughput and how varied the samples are."""
+
+    stats: GenerationStats
+    distinct_share: float | None  # mean over prompts of distinct response texts / samples
+    anchor_sequences: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sequences": self.stats.sequences, "new_tokens": self.stats.new_tokens,
+                "tokens_per_second": self.stats.tokens_per_second, "distinct_share": self.distinct_share,
+                "anchor_sequences": self.anchor_sequences}
 
 
 def read_candidates(path: str | os.PathLike) -> Iterator[PromptCandidates]:
     """The rows of a candidates file, one at a time."""
     return (PromptCandidates.from_json(row) for row in iter_jsonl(path))
+
+
+def distinct_share(samples: Sequence[Sequence[Completion]]) -> float | None:
+    """Mean over prompts of the share of distinct texts among its samples (None without samples)."""
+    shares = [len({c.text for c in row}) / len(row) for row in samples if row]
+    return sum(shares) / len(shares) if shares else None
 
 
 def sample_candidates(
@@ -56,7 +82,9 @@ def sample_candidates(
     *,
     num_samples: int,
     params: SamplingParams,
-) -> GenerationStats:
+    anchor_model: Any = None,
+    anchor_samples: int = 0,
+) -> CandidatesSummary:
     """Sample `num_samples` responses to every prompt of `prompts_file` into `out_dir/candidates.jsonl`.
 
     Args:
@@ -66,15 +94,21 @@ def sample_candidates(
         out_dir: Folder to write `CANDIDATES_FILE` into (created).
         num_samples: Responses per prompt.
         params: Sampling settings (one seed for the whole file: the same inputs give the same file).
+        anchor_model: An earlier model (same tokenizer) whose `anchor_samples` responses per prompt
+            are stored as the row's anchors (anchored rejection, Temporal Self-Rewarding).
+        anchor_samples: Responses per prompt from `anchor_model` (0: none).
 
     Returns:
-        Throughput figures of the sampling.
+        Throughput of the sampling and the share of distinct samples.
     """
     texts = read_prompt_file(prompts_file)
     prompt_ids = [encode_chat_prompt(tokenizer, text) for text in texts]
     stats = GenerationStats()
     outputs = generate(model, tokenizer, prompt_ids, params, num_samples, stats)
-    rows = (PromptCandidates(text, ids, completions).to_json()
-            for text, ids, completions in zip(texts, prompt_ids, outputs, strict=True))
+    anchors: list[list[Completion]] = [[] for _ in texts]
+    if anchor_model is not None and anchor_samples:
+        anchor_params = dataclasses.replace(params, seed=params.seed + 1)  # its own random stream
+        anchors = generate(anchor_model, tokenizer, prompt_ids, anchor_params, anchor_samples)
+    rows = (PromptCandidates(*row).to_json() for row in zip(texts, prompt_ids, outputs, anchors, strict=True))
     write_jsonl(Path(out_dir) / CANDIDATES_FILE, rows)
-    return stats
+    return CandidatesSummary(stats, distinct_share(outputs), sum(len(a) for a in anchors))

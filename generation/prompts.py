@@ -18,11 +18,8 @@ from generation.jsonl import iter_jsonl, write_jsonl
 from generation.next_token import SamplingParams
 from generation.stats import GenerationStats
 
-FEWSHOT_INSTRUCTION = (
-    "Come up with a new task for an AI assistant. Below are example tasks written by users. "
-    "Write exactly one new task that is different from all of them: self-contained, clear, and "
-    "answerable in text. Write only the task itself, without an answer."
-)
+# Kept short: a small model's context must hold it, the examples and the new task's token budget.
+FEWSHOT_INSTRUCTION = "Write one new task, different from these examples. Give only the task."
 TASK_LABEL = "Task {number}:"
 PROMPTS_FILE = "prompts.jsonl"
 # A generated task ends where the model starts labelling another one (or at EOS).
@@ -43,6 +40,29 @@ def build_fewshot_prompt(examples: Sequence[str], rng: random.Random) -> str:
     rng.shuffle(shuffled)
     listed = "\n\n".join(f"{TASK_LABEL.format(number=i)} {ex.strip()}" for i, ex in enumerate(shuffled, 1))
     return f"{FEWSHOT_INSTRUCTION}\n\n{listed}\n\n{TASK_LABEL.format(number=len(shuffled) + 1)}"
+
+
+def fewshot_examples(prompts: Sequence[str], count: int, shots: int, seed: int) -> list[dict[str, str]]:
+    """SFT examples that teach the self-instruct skill in exactly the format `self_instruct` uses.
+
+    Each example's prompt is `build_fewshot_prompt` of 1 to `shots` prompts drawn from `prompts`
+    (any instruction set, e.g. the IFT prompts) and its response is one more prompt of the set. The
+    number of examples varies because `self_instruct` shows fewer when a small context cannot hold
+    them all.
+
+    Returns:
+        `count` rows `{"prompt": few-shot text, "response": task}`; none when `prompts` has fewer
+        than two distinct prompts.
+    """
+    distinct = sorted(set(prompts))
+    if len(distinct) < 2:
+        return []
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        *examples, task = rng.sample(distinct, rng.randint(1, min(shots, len(distinct) - 1)) + 1)
+        rows.append({"prompt": build_fewshot_prompt(examples, rng), "response": task})
+    return rows
 
 
 def extract_task(generated: str, first_line_only: bool = False) -> str:
@@ -108,6 +128,7 @@ def self_instruct(
     chat: bool = True,
     first_line_only: bool = False,
     oversample: float = 1.0,
+    avoid: Sequence[str] = (),
 ) -> GeneratedPrompts:
     """Self-instruct: sample new prompts from few-shot prompts until `num_prompts` pass the filters.
 
@@ -129,6 +150,8 @@ def self_instruct(
         chat: Wrap the few-shot text as a chat user turn (else plain continuation text).
         first_line_only: Keep only the first line of each generated task.
         oversample: Candidates per missing prompt in each round.
+        avoid: Prompts that must not be generated (e.g. the evaluation prompts): they join the
+            novelty pool, so exact and near copies are rejected as duplicates.
 
     Returns:
         Accepted prompts with rejection counts and throughput figures.
@@ -140,7 +163,7 @@ def self_instruct(
             f"invalid settings num_prompts={num_prompts}, shots={shots}, max_attempts={max_attempts}, "
             f"oversample={oversample}; expected num_prompts >= 0, shots >= 1, max_attempts >= 1, oversample > 0"
         )
-    rule, pool, result = filters or PromptFilter(), PromptPool.of(seed_prompts), GeneratedPrompts()
+    rule, pool, result = filters or PromptFilter(), PromptPool.of([*seed_prompts, *avoid]), GeneratedPrompts()
     rng = random.Random(params.seed)
     budget = prompt_budget(model, params.max_new_tokens)
     while len(result.prompts) < num_prompts and result.rounds < max_attempts:

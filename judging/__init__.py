@@ -8,8 +8,10 @@ itself, for in-memory lists.
 
 from judging.aggregate import CandidateJudgment, JudgingStats, aggregate_judgments
 from judging.build import PairBuildSummary, build_preference_pairs
+from judging.consistency import consistency_rate, kendall_tau, measure_consistency
 from judging.external import RewardFn, RewardFunctionError, load_reward_fn, score_with_reward_fn
-from judging.judge import JudgeError, judge_responses
+from judging.health import JudgeGate, JudgeHealth, judge_health, pick_judge, score_health
+from judging.judge import JudgeError, judge_rendered, judge_responses
 from judging.judgments import (
     JUDGE_CHUNK_PROMPTS,
     JUDGMENTS_FILE,
@@ -20,6 +22,17 @@ from judging.judgments import (
     read_judged_prompts,
     reward_judge,
 )
+from judging.meta import (
+    JUDGE_PAIRS_FILE,
+    JudgePair,
+    MetaTemplate,
+    compare_judgments,
+    corrupt_judgment,
+    load_meta_template,
+    meta_judge_examples,
+    read_judge_pairs,
+    write_judge_pairs,
+)
 from judging.pairs import (
     PAIR_STRATEGIES,
     PairChoice,
@@ -28,6 +41,7 @@ from judging.pairs import (
     PairStats,
     PairStrategy,
     SkipReason,
+    select_anchored,
     select_pair,
 )
 from judging.parse import normalize_judgment, parse_score
@@ -36,16 +50,21 @@ from judging.writer import SUMMARY_FILE, OverflowPolicy, PreferenceWriter, Write
 
 __all__ = [
     "JUDGE_CHUNK_PROMPTS",
+    "JUDGE_PAIRS_FILE",
     "JUDGMENTS_FILE",
     "PACKAGED_TEMPLATES",
     "PAIR_STRATEGIES",
     "SUMMARY_FILE",
     "CandidateJudgment",
-    "JudgeError",
-    "JudgeTemplate",
     "Judge",
+    "JudgeError",
+    "JudgeGate",
+    "JudgeHealth",
+    "JudgePair",
+    "JudgeTemplate",
     "JudgedPrompt",
     "JudgingStats",
+    "MetaTemplate",
     "OverflowPolicy",
     "PairBuildSummary",
     "PairChoice",
@@ -61,15 +80,29 @@ __all__ = [
     "WriterError",
     "aggregate_judgments",
     "build_preference_pairs",
+    "compare_judgments",
+    "consistency_rate",
+    "corrupt_judgment",
     "judge_candidates",
+    "judge_health",
+    "judge_rendered",
     "judge_responses",
+    "kendall_tau",
+    "load_meta_template",
     "load_reward_fn",
     "load_template",
+    "measure_consistency",
+    "meta_judge_examples",
     "model_judge",
     "normalize_judgment",
     "parse_score",
+    "pick_judge",
+    "read_judge_pairs",
     "read_judged_prompts",
     "reward_judge",
+    "score_health",
     "score_with_reward_fn",
+    "select_anchored",
     "select_pair",
+    "write_judge_pairs",
 ]

@@ -68,8 +68,9 @@ class JudgingStats:
     seconds: float = 0.0
 
     @property
-    def parse_failure_rate(self) -> float:
-        return self.parse_failures / self.judgments if self.judgments else 0.0
+    def parse_failure_rate(self) -> float | None:
+        """Unparsable judgments / judgments; None (n/a) when nothing was judged."""
+        return self.parse_failures / self.judgments if self.judgments else None
 
     @property
     def tokens_per_second(self) -> float:
@@ -111,7 +112,7 @@ class JudgingStats:
             "judge/unscored_candidates": float(self.unscored_candidates),
             "judge/judgments": float(self.judgments),
             "judge/parse_failures": float(self.parse_failures),
-            "judge/parse_failure_rate": self.parse_failure_rate,
+            "judge/parse_failure_rate": math.nan if self.parse_failure_rate is None else self.parse_failure_rate,
             "judge/too_long_prompts": float(self.too_long_prompts),
             "judge/truncated_responses": float(self.truncated_responses),
             "judge/mean_prompt_tokens": self.prompt_tokens / self.candidates if self.candidates else 0.0,

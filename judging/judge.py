@@ -23,7 +23,7 @@ from generation import (
 from judging.aggregate import CandidateJudgment, JudgingStats, aggregate_judgments
 from judging.template import JudgeTemplate
 
-__all__ = ["JudgeError", "judge_responses"]
+__all__ = ["JudgeError", "judge_rendered", "judge_responses"]
 
 
 class JudgeError(ValueError):
@@ -73,8 +73,45 @@ def judge_responses(
         raise JudgeError(f"num_judgments must be an integer >= 1, got {num_judgments!r}")
     budget = _prompt_budget(model, params, max_prompt_tokens)
     stats = stats if stats is not None else JudgingStats()
-
     judge_prompts, slots = _encode_judge_prompts(tokenizer, template, prompts, candidates, budget, stats)
+    judged = iter(_judge_encoded(model, tokenizer, judge_prompts, slots, template, num_judgments, params, stats))
+    return [[next(judged) for _ in responses] for responses in candidates]
+
+
+def judge_rendered(
+    model: Any,
+    tokenizer: Any,
+    judge_prompts: Sequence[str],
+    *,
+    template: JudgeTemplate,
+    num_judgments: int,
+    params: SamplingParams,
+    stats: JudgingStats | None = None,
+) -> list[CandidateJudgment]:
+    """Judge prompts already rendered with the template (e.g. held-out EFT examples), K times each.
+
+    A prompt that leaves less than `params.max_new_tokens` of the model's context is not judged
+    (score None, counted in `stats.too_long_prompts`).
+    """
+    stats = stats if stats is not None else JudgingStats()
+    budget = prompt_budget(model, params.max_new_tokens)
+    encoded, slots = [], []
+    for text in judge_prompts:
+        ids = encode_chat_prompt(tokenizer, text)
+        if budget is not None and len(ids) > budget:
+            stats.too_long_prompts += 1
+            slots.append(None)
+        else:
+            slots.append(len(encoded))
+            encoded.append(ids)
+    return _judge_encoded(model, tokenizer, encoded, slots, template, num_judgments, params, stats)
+
+
+def _judge_encoded(model: Any, tokenizer: Any, judge_prompts: list[list[int]], slots: list[int | None],
+                   template: JudgeTemplate, num_judgments: int, params: SamplingParams,
+                   stats: JudgingStats) -> list[CandidateJudgment]:
+    """Sample K judgments of every encoded judge prompt in one `generate` call; one judgment per slot
+    (a None slot was not judgeable and gets an empty judgment)."""
     outputs = []
     if judge_prompts:
         gen_stats = GenerationStats()
@@ -83,19 +120,12 @@ def judge_responses(
                            shared_prefix_len=common_prefix_len(judge_prompts))
         stats.new_tokens += gen_stats.new_tokens
         stats.seconds += gen_stats.seconds
-
-    results: list[list[CandidateJudgment]] = []
-    flat = iter(slots)
-    for responses in candidates:
-        row = []
-        for _ in responses:
-            slot = next(flat)
-            texts = [c.text for c in outputs[slot]] if slot is not None else []
-            judgment = aggregate_judgments(texts, template)
-            stats.record(judgment)
-            row.append(judgment)
-        results.append(row)
-    return results
+    judgments = []
+    for slot in slots:
+        judgment = aggregate_judgments([c.text for c in outputs[slot]] if slot is not None else [], template)
+        stats.record(judgment)
+        judgments.append(judgment)
+    return judgments
 
 
 def _encode_judge_prompts(

@@ -4,7 +4,7 @@
 
     {"candidates": [{"score": float | None, "scores": [float | None], "judgments": [str]}]}
 
-one entry per candidate. The judge is a callable (`model_judge`: the model judges itself with a
+one entry per candidate (and `"anchors"`, one per anchor response, when the candidates file has them). The judge is a callable (`model_judge`: the model judges itself with a
 template; `reward_judge`: a user's reward function), so the step is the same for both. Reading the
 two files back in lockstep gives the stream of `JudgedPrompt`s that pair building consumes.
 """
@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice, zip_longest
 from pathlib import Path
 from typing import Any
@@ -89,11 +89,14 @@ def judge_candidates(judge: Judge, candidates_file: str | os.PathLike, out_dir: 
     stats = JudgingStats()
 
     def rows() -> Iterator[dict]:
-        texts_by_prompt = ((row.prompt, [c.text for c in row.candidates]) for row in read_candidates(candidates_file))
+        texts_by_prompt = ((row.prompt, [c.text for c in row.candidates + row.anchors], len(row.candidates))
+                           for row in read_candidates(candidates_file))
         chunk = 0
         while batch := list(islice(texts_by_prompt, chunk_prompts)):
-            for judged in judge([p for p, _ in batch], [t for _, t in batch], chunk, stats):
-                yield {"candidates": [j.to_json() for j in judged]}
+            judged = judge([p for p, _, _ in batch], [t for _, t, _ in batch], chunk, stats)
+            for (_, _, num_candidates), row in zip(batch, judged, strict=True):
+                anchors = {"anchors": [j.to_json() for j in row[num_candidates:]]} if len(row) > num_candidates else {}
+                yield {"candidates": [j.to_json() for j in row[:num_candidates]], **anchors}
             chunk += 1
 
     write_jsonl(Path(out_dir) / JUDGMENTS_FILE, rows())
@@ -112,11 +115,14 @@ class JudgedPrompt:
     prompt_ids: list[int]
     candidates: list[Completion]
     judgments: list[CandidateJudgment]
+    anchors: list[Completion] = field(default_factory=list)
+    anchor_judgments: list[CandidateJudgment] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if len(self.candidates) != len(self.judgments):
-            raise ValueError(f"prompt {self.prompt[:60]!r}: {len(self.candidates)} candidates but "
-                             f"{len(self.judgments)} judgments")
+        for kind, responses, judgments in (("candidates", self.candidates, self.judgments),
+                                           ("anchors", self.anchors, self.anchor_judgments)):
+            if len(responses) != len(judgments):
+                raise ValueError(f"prompt {self.prompt[:60]!r}: {len(responses)} {kind} but {len(judgments)} judgments")
 
 
 def read_judged_prompts(candidates_file: str | os.PathLike, judgments_file: str | os.PathLike) -> Iterator[JudgedPrompt]:
@@ -134,4 +140,5 @@ def read_judged_prompts(candidates_file: str | os.PathLike, judgments_file: str 
             raise ValueError(f"{candidates_file} has {rows} rows but {judgments_file} has {judged_rows}; "
                              f"expected one row per prompt in both")
         yield JudgedPrompt(row.prompt, row.prompt_ids, row.candidates,
-                           [CandidateJudgment.from_json(j) for j in judged["candidates"]])
+                           [CandidateJudgment.from_json(j) for j in judged["candidates"]], row.anchors,
+                           [CandidateJudgment.from_json(j) for j in judged.get("anchors", [])])

@@ -15,6 +15,11 @@ Strategies live in `PAIR_STRATEGIES`:
   skips (too few scored, tie), so a control run trains on the same number of pairs with the judge's
   ordering removed: what it gains over SFT is what DPO on unranked self-samples gives by itself.
 
+`select_anchored` (Temporal Self-Rewarding, arXiv 2508.06026, "anchored rejection"): when an earlier
+model also answered the prompt, the rejected response is its worst-scored answer, as long as that
+scores below the best candidate; chosen and rejected then stay apart even when the current model's
+own samples have converged (and tie).
+
 A prompt is skipped, never aborting its batch (a `break` would drop every later prompt), when fewer than two
 candidates have a score, when best and worst tie, or when a score-ordered strategy's chosen does
 not score strictly above its rejected (possible once the tiers overlap, `rho > 0.5`). `select_pair` returns a
@@ -35,6 +40,7 @@ __all__ = [
     "PairStats",
     "PairStrategy",
     "SkipReason",
+    "select_anchored",
     "select_pair",
 ]
 
@@ -59,6 +65,7 @@ class PairChoice:
     rejected_score: float
     chosen_length: int
     rejected_length: int
+    anchored: bool = False  # `rejected` indexes the anchor responses, not the candidates
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,29 @@ def select_pair(
     return PairChoice(chosen.index, rejected.index, chosen.score, rejected.score, chosen.length, rejected.length)
 
 
+def select_anchored(
+    scores: Sequence[float | None],
+    lengths: Sequence[int],
+    anchor_scores: Sequence[float | None],
+    anchor_lengths: Sequence[int],
+) -> PairChoice | None:
+    """Best-scored candidate vs worst-scored anchor response, when the anchor scores strictly lower.
+
+    Ties pick the first index, as `max_min` does. Returns None when no candidate or no anchor has a
+    score, or no anchor scores below the best candidate (the caller then pairs the candidates alone).
+    """
+    scored = [(s, i) for i, s in enumerate(scores) if s is not None and math.isfinite(s)]
+    anchored = [(s, i) for i, s in enumerate(anchor_scores) if s is not None and math.isfinite(s)]
+    if not scored or not anchored:
+        return None
+    best = max(scored, key=lambda c: (c[0], -c[1]))
+    worst = min(anchored, key=lambda c: (c[0], c[1]))
+    if not worst[0] < best[0]:
+        return None
+    return PairChoice(best[1], worst[1], float(best[0]), float(worst[0]), int(lengths[best[1]]),
+                      int(anchor_lengths[worst[1]]), anchored=True)
+
+
 @dataclass
 class PairStats:
     """Running counts over prompts: pairs kept, skips by reason, and the kept pairs' means.
@@ -182,6 +212,7 @@ class PairStats:
 
     prompts: int = 0
     pairs: int = 0
+    anchored: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     chosen_score_sum: float = 0.0
     rejected_score_sum: float = 0.0
@@ -195,6 +226,7 @@ class PairStats:
             self.skipped[result.reason] = self.skipped.get(result.reason, 0) + 1
             return
         self.pairs += 1
+        self.anchored += result.anchored
         self.chosen_score_sum += result.chosen_score
         self.rejected_score_sum += result.rejected_score
         self.chosen_length_sum += result.chosen_length
@@ -205,8 +237,9 @@ class PairStats:
         return sum(self.skipped.values())
 
     @property
-    def skip_rate(self) -> float:
-        return self.num_skipped / self.prompts if self.prompts else 0.0
+    def skip_rate(self) -> float | None:
+        """Skipped prompts / prompts; None (n/a) when there were no prompts."""
+        return self.num_skipped / self.prompts if self.prompts else None
 
     def _mean(self, total: float) -> float:
         return total / self.pairs if self.pairs else float("nan")
@@ -235,6 +268,7 @@ class PairStats:
         return {
             "prompts": self.prompts,
             "pairs": self.pairs,
+            "anchored_pairs": self.anchored,
             "skipped": dict(sorted(self.skipped.items())),
             "skip_rate": self.skip_rate,
             "mean_chosen_score": mean(self.mean_chosen_score),
@@ -249,7 +283,7 @@ class PairStats:
             "pairs/prompts": float(self.prompts),
             "pairs/pairs": float(self.pairs),
             "pairs/skipped": float(self.num_skipped),
-            "pairs/skip_rate": self.skip_rate,
+            "pairs/skip_rate": math.nan if self.skip_rate is None else self.skip_rate,
             "pairs/chosen_score": self.mean_chosen_score,
             "pairs/rejected_score": self.mean_rejected_score,
             "pairs/chosen_length": self.mean_chosen_length,

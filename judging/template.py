@@ -10,6 +10,9 @@ min_score: 0
 max_score: 5
 score_example: "Score: {score}"   # optional (this is the default): a line the judge would write
 description: optional free text
+verdict_pattern: '\b(yes|no)\b'    # optional: one verdict per criterion, for judge-health checks
+positive_verdict: "yes"             # the verdict that earns a point (an additive rubric's score
+negative_verdict: "no"              # is the number of positive verdicts)
 ```
 
 The score pattern is matched case-insensitively, after `parse.normalize_judgment` has stripped markdown
@@ -27,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from judging.parse import parse_score
+from judging.parse import normalize_judgment, parse_score
 
 __all__ = ["PACKAGED_TEMPLATES", "JudgeTemplate", "TemplateError", "load_template"]
 
@@ -38,7 +41,7 @@ PACKAGED_TEMPLATES: dict[str, str] = {
 }
 
 _REQUIRED_FIELDS = ("name", "template", "score_pattern", "min_score", "max_score")
-_OPTIONAL_FIELDS = ("score_example", "description")
+_OPTIONAL_FIELDS = ("score_example", "description", "verdict_pattern", "positive_verdict", "negative_verdict")
 _PLACEHOLDERS = ("{prompt}", "{response}")
 # One pass over the template, so a `{response}` typed inside the user's prompt is never substituted.
 _PLACEHOLDER_RE = re.compile(r"\{(prompt|response)\}")
@@ -60,6 +63,10 @@ class JudgeTemplate:
         max_score: highest valid score (inclusive).
         score_example: a score line with a `{score}` placeholder that the pattern must read back.
         description: free text.
+        verdict_pattern: optional regex (one group) finding per-criterion verdicts in a judgment.
+        positive_verdict: the verdict worth a point; an additive judgment's score should equal
+            the number of positive verdicts it wrote (`points`).
+        negative_verdict: the verdict worth no point.
         source: where the template came from, used in error messages.
     """
 
@@ -70,13 +77,30 @@ class JudgeTemplate:
     max_score: float
     score_example: str = "Score: {score}"
     description: str = ""
+    verdict_pattern: str = ""
+    positive_verdict: str = ""
+    negative_verdict: str = ""
     source: str = "<inline>"
     regex: re.Pattern = field(init=False, repr=False, compare=False)
+    verdict_regex: re.Pattern | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_fields(self, self.source)
         object.__setattr__(self, "regex", _compile_pattern(self.score_pattern, self.source))
+        object.__setattr__(self, "verdict_regex", _compile_verdicts(self))
         _check_example_parses(self)
+
+    def verdicts(self, judgment: str) -> list[str]:
+        """The per-criterion verdicts a judgment wrote, in order (none without `verdict_pattern`)."""
+        if self.verdict_regex is None or not isinstance(judgment, str):
+            return []
+        return [m.group(1).lower() for m in self.verdict_regex.finditer(normalize_judgment(judgment))]
+
+    def points(self, judgment: str) -> int | None:
+        """Positive verdicts in `judgment`: what its score should be under an additive rubric (None
+        when the template defines no verdicts or the judgment wrote none)."""
+        verdicts = self.verdicts(judgment)
+        return sum(v == self.positive_verdict.lower() for v in verdicts) if verdicts else None
 
     def render(self, prompt: str, response: str) -> str:
         """Fill the placeholders; braces or placeholder-like text in the inputs stay literal."""
@@ -140,8 +164,9 @@ def _check_fields(t: JudgeTemplate, source: str) -> None:
         value = getattr(t, key)
         if not isinstance(value, str) or not value.strip():
             raise TemplateError(f"{source}: field '{key}' must be a non-empty string, got {value!r}")
-    if not isinstance(t.description, str):
-        raise TemplateError(f"{source}: field 'description' must be a string, got {t.description!r}")
+    for key in ("description", "verdict_pattern", "positive_verdict", "negative_verdict"):
+        if not isinstance(getattr(t, key), str):
+            raise TemplateError(f"{source}: field '{key}' must be a string, got {getattr(t, key)!r}")
     if "{score}" not in t.score_example:
         raise TemplateError(f"{source}: field 'score_example' must contain the placeholder {{score}}, "
                             f"got {t.score_example!r}")
@@ -157,14 +182,27 @@ def _check_fields(t: JudgeTemplate, source: str) -> None:
                             f"'max_score' ({t.max_score})")
 
 
-def _compile_pattern(pattern: str, source: str) -> re.Pattern:
+def _compile_pattern(pattern: str, source: str, field: str = "score_pattern", group: str = "the number") -> re.Pattern:
     try:
         regex = re.compile(pattern, re.IGNORECASE)
     except re.error as err:
-        raise TemplateError(f"{source}: field 'score_pattern' is not a valid regex ({err}): {pattern!r}") from None
+        raise TemplateError(f"{source}: field '{field}' is not a valid regex ({err}): {pattern!r}") from None
     if regex.groups != 1:
-        raise TemplateError(f"{source}: field 'score_pattern' must have exactly one capture group "
-                            f"(the number), found {regex.groups}: {pattern!r}")
+        raise TemplateError(f"{source}: field '{field}' must have exactly one capture group "
+                            f"({group}), found {regex.groups}: {pattern!r}")
+    return regex
+
+
+def _compile_verdicts(t: JudgeTemplate) -> re.Pattern | None:
+    if not t.verdict_pattern:
+        return None
+    regex = _compile_pattern(t.verdict_pattern, t.source, "verdict_pattern", "the verdict")
+    for key in ("positive_verdict", "negative_verdict"):
+        word = getattr(t, key)
+        match = regex.search(word) if word else None
+        if match is None or match.group(1).lower() != word.lower():
+            raise TemplateError(f"{t.source}: field '{key}' ({word!r}) must be a verdict that 'verdict_pattern' "
+                                f"{t.verdict_pattern!r} matches")
     return regex
 
 

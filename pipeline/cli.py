@@ -40,10 +40,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
 def _run_failures() -> tuple[type[Exception], ...]:
     """Failures that carry a complete message: printed without a traceback, exit code 1."""
     from dpo import NonFiniteLossError
+    from flows.outcomes import DegenerateIterationError
     from flows.stepdir import DiskFullError
     from pipeline.tracking import TrackingUnavailableError
 
-    return NonFiniteLossError, DiskFullError, TrackingUnavailableError
+    return NonFiniteLossError, DiskFullError, TrackingUnavailableError, DegenerateIterationError
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -79,7 +80,7 @@ def _run(config, output: Path) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pipeline.report import comparison_rows, format_table, plot_comparison
+    from pipeline.report import comparison_rows, format_table, jsonable, plot_comparison
     from pipeline.tracking import Tracker, default_tracking_uri
 
     output = Path(args.output).resolve()
@@ -94,7 +95,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rows = comparison_rows(tracker.stage_metrics(parent))
     plot = plot_comparison(rows, output / run_name / "plots" / "compare.png")
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(jsonable(rows), indent=2))
     else:
         print(format_table(rows))
         print(f"plot: {plot}")

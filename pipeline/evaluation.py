@@ -30,6 +30,22 @@ def _eval_prompts(data_dir: Path) -> list[str]:
         return [json.loads(line)["prompt"] for line in f if line.strip()]
 
 
+def prompt_quality(config: RunConfig, prompts: list[str]) -> dict[str, float]:
+    """For the built-in task: the share of generated prompts that are valid tasks of its family
+    (evaluation only: the prompts step reports it, nothing filters on it). Empty otherwise."""
+    if config.data.task != "demo_rules" or not prompts:
+        return {}
+    return {"valid_task_share": sum(_is_demo_task(p) for p in prompts) / len(prompts)}
+
+
+def _is_demo_task(prompt: str) -> bool:
+    try:
+        demo_task.parse_instruction(prompt)
+    except demo_task.InstructionParseError:
+        return False
+    return True
+
+
 def _judge_params(config: RunConfig) -> generation.SamplingParams:
     return config.iteration.judge.sampling.to(generation.SamplingParams, seed=config.seed)
 

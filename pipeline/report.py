@@ -1,6 +1,7 @@
 """What a person reads: the per-stage comparison table, its PNG plots and the Prefect summaries."""
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,8 +12,8 @@ from dpo import write_text_atomic
 
 # Columns of `selfreward compare` (every metric is in `--json` and in MLflow).
 TABLE_COLUMNS = [
-    "stage", "model", "num_pairs", "skip_rate", "parse_failure_rate", "mean_chosen_score",
-    "mean_rejected_score", "dpo_reward_accuracy", "gt_score", "gt_success", "judge_pairwise_accuracy",
+    "stage", "model", "num_prompts", "valid_task_share", "diversity", "num_pairs", "skip_rate", "parse_failure_rate",
+    "judge_accuracy", "judge_parse_failures", "dpo_reward_accuracy", "gt_score", "gt_success", "judge_pairwise_accuracy",
     "self_judge_score", "mean_response_length",
 ]
 CURVES = ["loss", "rewards/accuracies", "rewards/margins"]
@@ -43,16 +44,20 @@ def format_table(rows: Sequence[Mapping]) -> str:
     if not rows:
         return "(no finished stages)"
     columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows)]
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    cells = [[_cell(r.get(c), count=c.startswith("num_")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
 
 
-def _cell(value) -> str:
+def _cell(value, count: bool = False) -> str:
     if value is None:
-        return "-"
+        return "-"  # the metric does not apply to this stage
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"  # a rate of 0 of 0
+    if isinstance(value, float) and count:
+        return f"{value:.0f}"
     if isinstance(value, float):
         return f"{value:.0f}" if value.is_integer() and abs(value) >= 10 else f"{value:.3f}"
     return str(value)
@@ -135,5 +140,16 @@ def stage_summary_markdown(run_name: str, stage: str, metrics: Mapping[str, floa
     return "\n".join(lines)
 
 
+def jsonable(value):
+    """`value` with NaN (a rate of 0 of 0) as None, so the JSON is standard (null)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
 def write_json(path: Path, data) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2, default=str))
+    return write_text_atomic(path, json.dumps(jsonable(data), indent=2, default=str))

@@ -12,8 +12,9 @@ from pipeline.models import build_tiny_model, build_tokenizer, load_model_and_to
 
 def data_step(config: RunConfig, run_dir: Path) -> StepRecord:
     """Seed data of the run (IFT, EFT, prompt pool, eval prompts), copied or generated."""
-    step_fp = fingerprint("data", config.data.model_dump(), config.seed)
-    return run_step("data", run_dir / "data", step_fp, lambda tmp: run_data.write_run_data(config.data, config.seed, tmp))
+    meta = (config.iteration.judge.template, config.iteration.meta_judge.template) if config.data.num_meta_judge else ()
+    step_fp = fingerprint("data", config.data.model_dump(), config.seed, config.iteration.prompts.shots, *meta)
+    return run_step("data", run_dir / "data", step_fp, lambda tmp: run_data.write_run_data(config, tmp))
 
 
 def base_model_step(config: RunConfig, run_dir: Path, data: StepRecord) -> StepRecord:
@@ -38,11 +39,11 @@ def sft_step(config: RunConfig, run_dir: Path, base: StepRecord, data: StepRecor
 
     def build(tmp: Path) -> dict:
         model, tokenizer = trainable_model(config, base)
-        examples = run_data.sft_examples(Path(data.path), tokenizer)
+        examples, dropped = run_data.sft_examples(Path(data.path), tokenizer, config.sft.max_len)
         summary = dpo.train_sft(model, examples, optim=config.sft.to(dpo.OptimSettings), max_len=config.sft.max_len,
                                 seed=config.seed, log_fn=log_fn)
         save_model(model, tokenizer, tmp)
-        return scalars(summary)
+        return {**scalars(summary), "dropped_too_long": dropped}
 
     step_fp = fingerprint("sft", config.sft.model_dump(), base.fingerprint, data.fingerprint, config.seed)
     return run_step("sft", run_dir / "sft", step_fp, build)

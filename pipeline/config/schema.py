@@ -72,6 +72,15 @@ class DataConfig(_Section):
     num_eft: int = Field(600, ge=1)
     num_seed_prompts: int = Field(200, ge=1)
     num_eval: int = Field(100, ge=1)
+    judge_holdout: int = Field(
+        100, ge=0, description="EFT examples held out of training to measure every stage's judge (at most half)"
+    )
+    num_self_instruct: int = Field(
+        200, ge=0, description="SFT examples teaching the self-instruct format, built from the IFT and pool prompts"
+    )
+    num_meta_judge: int = Field(
+        0, ge=0, description="SFT examples teaching meta-judging (which of two judgments is right), built from EFT"
+    )
 
     @model_validator(mode="after")
     def _files_or_task(self) -> "DataConfig":
@@ -122,13 +131,27 @@ class PromptsConfig(_Section):
 
 class CandidatesConfig(_Section):
     num: int = Field(4, ge=2, description="N candidate responses per prompt")
+    anchor_samples: int = Field(
+        0, ge=0, description="responses per prompt also sampled from M1, the rejected side of pairs (anchored rejection; 0: off)"
+    )
     sampling: SamplingConfig = SamplingConfig()
+
+
+class JudgeGateConfig(_Section):
+    """Held-out judge health a judge must show to be used (None: not checked)."""
+
+    max_parse_failure_rate: float | None = Field(None, ge=0, le=1, description="most unparsable held-out judgments")
+    min_pairwise_accuracy: float | None = Field(None, ge=0, le=1, description="least held-out pairwise-order accuracy")
 
 
 class JudgeConfig(_Section):
     template: str = Field("default", description="'default', or a YAML judge template path")
     num_judgments: int = Field(3, ge=1, description="K judgments per candidate, averaged")
     reward_fn: str | None = Field(None, description="'module:function' external reward instead of self-judging")
+    judge_model: Literal["current", "initial", "best"] = Field(
+        "current", description="who judges iteration t: M_t (the paper), M1, or the stage with the best held-out judge"
+    )
+    gate: JudgeGateConfig = JudgeGateConfig()
     sampling: SamplingConfig = SamplingConfig(temperature=0.7, max_new_tokens=64)
 
 
@@ -160,6 +183,10 @@ class DPOConfig(OptimConfig):
     ref_ema_decay: float = Field(
         1.0, ge=0, le=1, description="1: the reference stays M_t (the paper); < 1: an EMA of the policy, every step"
     )
+    replay_batch_size: int = Field(
+        0, ge=0, description="judge (EFT), self-instruct and meta-judge SFT examples per micro-batch trained with NLL inside DPO, so those skills keep their format (replay; 0: off)"
+    )
+    replay_weight: float = Field(1.0, ge=0, description="weight of the replay NLL term")
     precompute_ref_logps: bool = Field(True, description="reference log-probs once per round instead of every step")
     share_prompt: bool = Field(True, description="score chosen and rejected in one row holding the prompt once (checked model families, batches where it is cheaper)")
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
@@ -170,12 +197,35 @@ class DPOConfig(OptimConfig):
     end_learning_rate: float = Field(1e-5, ge=0)
 
 
+class ConsistencyConfig(_Section):
+    """CREAM: the previous stage's judge re-ranks the candidates; disagreement softens the labels."""
+
+    enabled: bool = Field(False, description="label smoothing of the round = 1 - consistency with M_{t-1}'s ranking (CREAM)")
+    max_prompts: int = Field(128, ge=1, description="prompts whose candidates M_{t-1} re-judges")
+
+
+class MetaJudgeConfig(_Section):
+    """Meta-Rewarding: the model compares its own judgments; best vs worst become judge pairs."""
+
+    enabled: bool = Field(False, description="train the judge with pairs of its own judgments (Meta-Rewarding)")
+    template: str = Field("default", description="'default', or a YAML meta-judge template path")
+    max_candidates: int = Field(64, ge=1, description="candidates whose judgments are compared")
+    max_share: float = Field(0.15, gt=0, lt=1, description="most judge pairs as a share of all pairs of the round")
+    max_len: int = Field(256, ge=8, description="tokens per judge pair row (judge prompt + judgment)")
+    sampling: SamplingConfig = SamplingConfig(temperature=0.7, max_new_tokens=8)
+
+
 class IterationConfig(_Section):
     prompts: PromptsConfig = PromptsConfig()
     candidates: CandidatesConfig = CandidatesConfig()
     judge: JudgeConfig = JudgeConfig()
+    meta_judge: MetaJudgeConfig = MetaJudgeConfig()
+    consistency: ConsistencyConfig = ConsistencyConfig()
     pairs: PairsConfig = PairsConfig()
     dpo: DPOConfig = DPOConfig()
+    on_degenerate: Literal["stop", "skip", "fallback"] = Field(
+        "stop", description="no prompts, no pairs or a judge failing its gate: stop the run, skip the iteration, or fall back (pool prompts, last healthy judge)"
+    )
 
 
 class EvalConfig(_Section):

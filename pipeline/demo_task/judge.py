@@ -16,6 +16,10 @@ DEMO_JUDGE_TEMPLATE: dict[str, Any] = {
     "score_pattern": r"Score:\s*([0-9]+(?:\.[0-9]+)?)",
     "min_score": 0,
     "max_score": MAX_POINTS,
+    # One yes/no per rule: a judgment's score should be its number of "yes" (judge health checks it).
+    "verdict_pattern": r"\b(yes|no)\b",
+    "positive_verdict": "yes",
+    "negative_verdict": "no",
 }
 
 

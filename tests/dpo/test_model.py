@@ -72,6 +72,25 @@ def test_nll_term_is_token_mean_over_chosen_responses(batch):
     torch.testing.assert_close(out_rpo.loss, out_plain.loss + 0.5 * nll, atol=1e-5, rtol=1e-5)
 
 
+def test_replayed_sft_examples_add_their_weighted_token_mean_nll(batch):
+    """Judge replay: loss = DPO loss + w * (NLL of the replay responses, token mean), computed here
+    independently with `sft_loss` on the full logits."""
+    from dpo import sft_loss
+
+    policy = tiny_llama()
+    dpo = DPO(policy, beta=0.1, replay_weight=0.5).eval()
+    replay_seq = torch.tensor([[3, 4, 5, 6, -1], [7, 8, 9, 10, 11]])
+    replay_prompt_len = torch.tensor([2, 3])
+    plain = dpo(batch["chosen"], batch["rejected"], batch["prompt_len"])
+    mixed = dpo(batch["chosen"], batch["rejected"], batch["prompt_len"], replay_seq=replay_seq,
+                replay_prompt_len=replay_prompt_len)
+    with torch.no_grad():
+        expected_nll, _ = sft_loss(policy(input_ids=replay_seq.clamp(min=0)).logits, replay_seq, replay_prompt_len)
+    assert mixed.metrics["replay/nll"].item() == pytest.approx(expected_nll.item(), rel=1e-5)
+    assert mixed.loss.item() == pytest.approx(plain.loss.item() + 0.5 * expected_nll.item(), rel=1e-5)
+    assert mixed.num_tokens == plain.num_tokens + 9
+
+
 def test_reset_copies_policy_into_reference():
     dpo = DPO(tiny_llama())
     with torch.no_grad():

@@ -237,3 +237,23 @@ def test_dropout_is_set_on_policy_modules_and_hf_attributes(random_pairs, accele
     plain = TinyLM()
     _trainer(plain, random_pairs, accelerator, dropout=0.3)
     assert plain.dropout.p == 0.3
+
+
+def test_replay_rides_along_without_changing_the_order_of_the_pairs(random_pairs, accelerator):
+    from dpo import SFTDataset
+
+    replay = SFTDataset.from_pairs([([3, 4], [5, 6, 7])] * 6, max_len=8)
+    seen = {}
+    for name, extra in (("plain", {}), ("replay", {"replay_dataset": replay, "replay_batch_size": 2})):
+        trainer = _trainer(DPO(TinyLM()), random_pairs, accelerator, num_train_steps=3, batch_size=4, **extra)
+        batches, _ = trainer.loop.begin_round(random_pairs, trainer.replay_dataset, trainer.replay_batch_size)
+        seen[name] = [next(batches) for _ in range(3)]
+    for plain, mixed in zip(seen["plain"], seen["replay"]):
+        assert torch.equal(plain["chosen"], mixed["chosen"]) and "replay_seq" not in plain
+        assert mixed["replay_seq"].shape == (2, 8) and mixed["replay_prompt_len"].tolist() == [2, 2]
+    trainer = _trainer(DPO(TinyLM()), random_pairs, accelerator, num_train_steps=3, batch_size=4,
+                       replay_dataset=replay, replay_batch_size=2)
+    logs = []
+    trainer.loop.log_fn = lambda m, s: logs.append(m)
+    trainer.train()
+    assert len(logs) == 3 and all("replay/nll" in m and m["replay/nll"] > 0 for m in logs)

@@ -17,8 +17,11 @@ TINY = [
     "iteration.dpo.num_train_steps=3", "iteration.dpo.batch_size=4",
     "eval.max_new_tokens=12", "eval.num_judge_pairs=4", "runtime.retry_delay_seconds=0",
     # A barely trained judge rarely emits a parsable score: iteration 1 uses an external reward so
-    # the DPO step has pairs; iteration 2 judges itself.
+    # the DPO step has pairs; iteration 2 judges itself, and skips when nothing can be paired.
     "overrides.1.judge.reward_fn=tests.flows.rewards:distinct_letters",
+    "iteration.on_degenerate=skip",
+    # A barely trained model writes no valid task either: the iterations draw from the pool.
+    "iteration.prompts.source=seed",
 ]
 
 

@@ -40,9 +40,10 @@ def test_iteration_loads_m_t_once_and_releases_it_before_training(tmp_path, monk
     tracking_uri = default_tracking_uri(tmp_path)
     tracker = Tracker(tracking_uri, config.tracking.experiment, tmp_path / "mlartifacts")
     parent = tracker.start_pipeline(config.run_name, {}, "fp", {})
-    new_model = iteration_flow(config, 1, str(run_dir), base, data, parent, tracking_uri)
+    new_model = iteration_flow(config, 1, str(run_dir), [base], data, parent, tracking_uri)
 
-    assert events == [("read", "base"), ("release", True), ("train", "base")]
+    # M_t read once for sampling, released before DPO; M_{t+1} read once for its evaluation steps
+    assert events == [("read", "base"), ("release", True), ("train", "base"), ("read", "checkpoint"), ("release", True)]
     assert model_dir(new_model) == run_dir / "iter-1" / "checkpoint" / "model"
     run = MlflowClient(tracking_uri).get_run(tracker.stage_runs(config.run_name)["iter-1"])
     assert run.info.status == "FINISHED" and run.data.metrics["pairs/pairs"] > 0

@@ -13,8 +13,9 @@ def test_run_names_are_step_or_step_and_stage():
     names = {t.name: t.task_run_name for t in TASKS}
     assert names == {"data": "data", "base-model": "base-model", "sft": "sft",
                      "prompts": "prompts-iter-{iteration}", "candidates": "candidates-iter-{iteration}",
-                     "judge": "judge-iter-{iteration}", "pairs": "pairs-iter-{iteration}",
-                     "dpo": "dpo-iter-{iteration}", "eval": "eval-{stage}"}
+                     "judge": "judge-iter-{iteration}", "meta-judge": "meta-judge-iter-{iteration}",
+                     "consistency": "consistency-iter-{iteration}", "pairs": "pairs-iter-{iteration}",
+                     "dpo": "dpo-iter-{iteration}", "eval": "eval-{stage}", "judge-health": "judge-health-{stage}"}
 
 
 def test_the_runs_retry_policy_reaches_every_task():

@@ -20,14 +20,15 @@ PARAMS = SamplingParams(max_new_tokens=6, temperature=1.0, seed=4)
 
 def test_candidates_file_holds_what_generate_samples_in_prompt_order(tiny, tmp_path):
     assert write_prompt_file(tmp_path / PROMPTS_FILE, PROMPTS) == 3
-    stats = sample_candidates(tiny.model, tiny.tokenizer, tmp_path / PROMPTS_FILE, tmp_path / "out", num_samples=2,
-                              params=PARAMS)
+    summary = sample_candidates(tiny.model, tiny.tokenizer, tmp_path / PROMPTS_FILE, tmp_path / "out", num_samples=2,
+                                params=PARAMS)
     rows = list(read_candidates(tmp_path / "out" / CANDIDATES_FILE))
     ids = [encode_chat_prompt(tiny.tokenizer, p) for p in PROMPTS]
     expected = generate(tiny.model, tiny.tokenizer, ids, PARAMS, num_samples=2)
     assert [r.prompt for r in rows] == PROMPTS and [r.prompt_ids for r in rows] == ids
     assert [r.candidates for r in rows] == expected
-    assert stats.sequences == 6 and stats.new_tokens == sum(len(c.token_ids) for e in expected for c in e)
+    assert summary.stats.sequences == 6 and summary.stats.new_tokens == sum(len(c.token_ids) for e in expected for c in e)
+    assert summary.distinct_share == sum(len({c.text for c in e}) / 2 for e in expected) / 3
 
 
 def test_records_round_trip_through_json(tmp_path):

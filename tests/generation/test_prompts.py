@@ -10,7 +10,7 @@ from generation import (
     extract_task,
     self_instruct,
 )
-from generation.prompts import fit_fewshot
+from generation.prompts import FEWSHOT_INSTRUCTION, fit_fewshot
 
 SEEDS = [
     "Write a haiku about rain.",
@@ -25,7 +25,7 @@ def test_fewshot_prompt_lists_every_example_and_opens_the_next_task():
     text = build_fewshot_prompt(SEEDS[:3], random.Random(0))
     for seed in SEEDS[:3]:
         assert text.count(seed) == 1
-    assert text.startswith("Come up with a new task")
+    assert text.startswith(FEWSHOT_INSTRUCTION)
     assert text.endswith("Task 4:")
     assert [line.split(":")[0] for line in text.splitlines() if line.startswith("Task")] == [
         "Task 1",

@@ -242,6 +242,6 @@ def test_batch_continues_after_tie_and_stats_count_skips():
 
 def test_empty_stats_are_well_defined():
     stats = PairStats()
-    assert stats.skip_rate == 0.0
+    assert stats.skip_rate is None and math.isnan(stats.as_dict()["pairs/skip_rate"])  # 0 of 0 is n/a, not 0
     assert math.isnan(stats.mean_chosen_score)
     assert stats.as_dict()["pairs/prompts"] == 0.0

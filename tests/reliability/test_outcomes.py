@@ -69,7 +69,7 @@ def test_unparsable_judge_skips_the_round(outcomes):
 def test_tied_candidates_skip_the_round(outcomes):
     run = outcomes["runs"]["iter-2"]
     assert run.info.status == "FINISHED"
-    assert run.data.tags[TAG_OUTCOME] == "skipped: no preference pairs; M3 = M2"
+    assert run.data.tags[TAG_OUTCOME] == "skipped: no preference pairs (skipped: {'tie': 6}); M3 = M2"
     assert run.data.metrics["pairs/pairs"] == 0
 
 
@@ -96,3 +96,30 @@ def test_outcome_wording_without_a_run():
     assert stage_outcome(2, trained, judged) == "completed"
     assert stage_outcome(2, skipped, judged) == "skipped: no preference pairs; M3 = M2"
     assert stage_outcome(0, trained, None) == "completed"
+
+
+@pytest.mark.reliability(area="training and judging outcomes", fault="self-instruct produces no prompt (every one rejected)",
+                         expected="run stops: exit 1, message names the iteration, the rejections and the options; "
+                                  "stage FAILED; compare shows n/a, not 0.000, for rates of 0 of 0")
+def test_an_iteration_without_prompts_stops_the_run_with_a_named_outcome(prefect_harness, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PREFECT_API_URL", prefect_harness)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    overrides = TINY + ["run_name=no-prompts", "iterations=1", "eval.enabled=false", "iteration.on_degenerate=stop",
+                        "iteration.prompts.source=self_instruct", "iteration.prompts.min_chars=399",
+                        "iteration.prompts.max_chars=400"]
+    code = main(["run", "--output", str(tmp_path), *[a for item in overrides for a in ("--set", item)]])
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1
+    assert message.startswith("selfreward: error: iter-1: self-instruct produced no prompts ({'too_short': ")
+    assert "iteration.on_degenerate to skip or fallback" in message
+    tracker = Tracker(default_tracking_uri(tmp_path), "selfreward")
+    run = MlflowClient(default_tracking_uri(tmp_path)).get_run(tracker.stage_runs("no-prompts")["iter-1"])
+    assert run.info.status == "FAILED" and run.data.tags[TAG_OUTCOME].startswith("failed: DegenerateIterationError")
+
+    skipping = [*overrides, "run_name=no-prompts-skip", "iteration.on_degenerate=skip"]
+    assert main(["run", "--output", str(tmp_path), *[a for item in skipping for a in ("--set", item)]]) == 0
+    capsys.readouterr()
+    assert main(["compare", "no-prompts-skip", "--output", str(tmp_path)]) == 0
+    header, _, iteration = capsys.readouterr().out.splitlines()[:3]
+    row = dict(zip(header.split(), iteration.split()))
+    assert row["num_prompts"] == "0" and row["parse_failure_rate"] == "n/a" and row["skip_rate"] == "n/a"
