@@ -14,7 +14,14 @@ from flows.stepdir import (
     run_step,
     step_seed,
 )
-from flows.steps.common import flush_metrics, save_model, scalars, trainable_model
+from flows.steps.common import (
+    flush_metrics,
+    save_model,
+    scalars,
+    trainable_model,
+    training_fingerprint,
+    training_switches,
+)
 from pipeline.config import RunConfig
 
 
@@ -31,7 +38,7 @@ def dpo_step(config: RunConfig, iteration: int, run_dir: Path, model: StepRecord
     """
     cfg, seed = config.iteration_config(iteration).dpo, step_seed(config.seed, iteration, Salt.DPO)
     out = iter_dir(run_dir, iteration)
-    step_fp = fingerprint("dpo", cfg.model_dump(), model.fingerprint, pairs.fingerprint, seed)
+    step_fp = fingerprint("dpo", cfg.model_dump(), model.fingerprint, pairs.fingerprint, seed, *training_fingerprint(config))
     state_root = out / ".dpo-state"
 
     def on_step(metrics: dict[str, float], step: int) -> None:
@@ -54,7 +61,8 @@ def dpo_step(config: RunConfig, iteration: int, run_dir: Path, model: StepRecord
                 policy, pairs.path, loss=cfg.to(dpo.LossSettings), optim=cfg.to(dpo.OptimSettings),
                 early_stopping=cfg.early_stopping.to(dpo.EarlyStopping), valid_fraction=cfg.early_stopping.valid_fraction,
                 precompute_ref_logps=cfg.precompute_ref_logps, vocab_size=len(tokenizer),
-                checkpoint_every=cfg.checkpoint_every, state_dir=state_root / step_fp, seed=seed, log_fn=on_step)
+                checkpoint_every=cfg.checkpoint_every, state_dir=state_root / step_fp, seed=seed, log_fn=on_step,
+                **training_switches(config, tmp))
         except dpo.NonFiniteLossError as err:
             raise dpo.NonFiniteLossError(
                 f"{out.name} DPO: {err}. The run stops here: nothing is published for this step and M_{iteration} "

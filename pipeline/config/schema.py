@@ -51,6 +51,18 @@ class TinyModelConfig(_Section):
         return self
 
 
+class LoraConfig(_Section):
+    """LoRA adapters (peft) trained instead of every weight, in SFT and DPO. The DPO reference is the
+    model with its adapters disabled (no second copy of the weights); each stage adds new adapters to
+    the merged previous model, so the reference stays exactly M_t (see `dpo/lora.py`)."""
+
+    enabled: bool = Field(False, description="train LoRA adapters instead of every weight (SFT and DPO); needs iteration.dpo.ref_ema_decay=1")
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: float = Field(16.0, gt=0, description="an adapter adds (alpha / r) * B A x")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: str | list[str] = Field("all-linear", description="'all-linear' (every linear layer but the output head) or module names, e.g. [q_proj, v_proj]")
+
+
 class ModelConfig(_Section):
     """`path` is a local `from_pretrained` directory; without it, a tiny model is built from `tiny`."""
 
@@ -58,6 +70,9 @@ class ModelConfig(_Section):
     tiny: TinyModelConfig = TinyModelConfig()
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on a GPU that has it, else fp32")
+    lora: LoraConfig = LoraConfig()
+    gradient_checkpointing: bool = Field(False, description="SFT/DPO recompute activations in the backward pass: less memory, ~1 more forward per step")
+    autocast: Literal["none", "bf16"] = Field("none", description="bf16: SFT/DPO forward passes under bf16 autocast; weights and optimizer state keep model.dtype")
 
 
 class DataConfig(_Section):
@@ -237,6 +252,16 @@ class RunConfig(_Section):
                 raise ValueError(f"overrides has iteration {it}, but iterations is {self.iterations}")
         for it in range(1, self.iterations + 1):
             self.iteration_config(it)  # validates every merged iteration now, not mid-run
+        return self
+
+    @model_validator(mode="after")
+    def _lora_needs_a_frozen_reference(self) -> "RunConfig":
+        if self.model.lora.enabled:
+            for it in range(1, self.iterations + 1):
+                if self.iteration_config(it).dpo.ref_ema_decay != 1:
+                    field = "iteration" if self.iteration.dpo.ref_ema_decay != 1 else f"overrides.{it}"
+                    raise ValueError(f"{field}.dpo.ref_ema_decay must be 1 with model.lora.enabled: a LoRA policy's "
+                                     "reference is its base weights with the adapters disabled, which cannot follow an EMA")
         return self
 
     def iteration_config(self, iteration: int) -> IterationConfig:

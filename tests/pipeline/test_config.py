@@ -127,6 +127,29 @@ def test_every_setting_of_the_ml_packages_is_reachable_from_its_config_section()
     assert config.iteration.judge.sampling.to(generation.SamplingParams, seed=5).seed == 5
 
 
+def test_lora_and_compute_settings_are_reachable_from_the_model_section():
+    import dataclasses
+
+    import dpo
+    from pipeline.config import LoraConfig, ModelConfig
+
+    for settings, section in [(dpo.LoraSettings, LoraConfig), (dpo.ComputeSettings, ModelConfig)]:
+        missing = {f.name for f in dataclasses.fields(settings)} - section.model_fields.keys()
+        assert not missing, f"{settings.__name__} fields without a {section.__name__} field: {missing}"
+    config = load_config(None, ["model.lora.enabled=true", "model.lora.r=4", "model.lora.target_modules=[q_proj, v_proj]",
+                                "model.gradient_checkpointing=true", "model.autocast=bf16"])
+    assert config.model.lora.to(dpo.LoraSettings) == dpo.LoraSettings(r=4, target_modules=("q_proj", "v_proj"))
+    assert config.model.to(dpo.ComputeSettings) == dpo.ComputeSettings(gradient_checkpointing=True, autocast="bf16")
+    assert load_config(None).model.lora.to(dpo.LoraSettings).enabled is False  # off by default
+
+
+@pytest.mark.parametrize("overrides", [["iteration.dpo.ref_ema_decay=0.9"], ["overrides.2.dpo.ref_ema_decay=0.5"]])
+def test_lora_refuses_an_ema_reference(overrides):
+    with pytest.raises(ConfigError, match=r"ref_ema_decay must be 1 with model.lora.enabled"):
+        load_config(None, ["model.lora.enabled=true", *overrides])
+    load_config(None, overrides)  # fine without LoRA
+
+
 def test_early_stopping_needs_held_out_pairs(tmp_path):
     with pytest.raises(ConfigError, match=r"eval_every needs held-out pairs"):
         load_config(None, ["iteration.dpo.early_stopping.eval_every=2"])
