@@ -209,6 +209,25 @@ class RuntimeConfig(_Section):
     torch_threads: int | None = Field(
         None, ge=1, description="torch CPU threads per process; default: torch's choice (one per core)"
     )
+    accelerate_config: str | None = Field(None, description="accelerate config file for the training launches (FSDP, DeepSpeed: configs/accelerate/); runtime.* launch settings win over its own")
+    num_machines: int = Field(1, ge=1, description="machines of a training launch; num_processes counts the processes of all of them")
+    machine_rank: int = Field(0, ge=0, description="this machine's rank in a multi-machine launch (0: the main one)")
+    main_process_ip: str | None = Field(None, description="address of machine 0 (needed with num_machines > 1); one machine: 127.0.0.1")
+    main_process_port: int | None = Field(None, ge=1, le=65535, description="port on machine 0; default: a free port (one machine), 29500 (several)")
+
+    @model_validator(mode="after")
+    def _launch_settings_fit(self) -> "RuntimeConfig":
+        launch_only = [name for name, default in (("accelerate_config", None), ("num_machines", 1)) if getattr(self, name) != default]
+        if launch_only and self.launcher != "accelerate":
+            raise ValueError(f"{', '.join(launch_only)}: used by training launches only, set launcher: accelerate")
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"machine_rank ({self.machine_rank}) must be below num_machines ({self.num_machines})")
+        if self.num_machines > 1 and not self.main_process_ip:
+            raise ValueError("num_machines > 1 needs main_process_ip, the address machine 0 is reached at")
+        if self.num_processes % self.num_machines:
+            raise ValueError(f"num_processes ({self.num_processes}) counts all machines: it must be a multiple of "
+                             f"num_machines ({self.num_machines})")
+        return self
 
 
 class TrackingConfig(_Section):

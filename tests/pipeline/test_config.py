@@ -18,10 +18,27 @@ def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
 
 
 def test_every_yaml_under_configs_loads():
-    run_configs = [p for p in (REPO / "configs").rglob("*.yaml") if "judges" not in p.parts]
+    run_configs = [p for p in (REPO / "configs").rglob("*.yaml") if not {"judges", "accelerate"} & set(p.parts)]
     assert run_configs, "configs/ has no run configs"
     for path in run_configs:
         assert isinstance(load_config(path), RunConfig)
+
+
+def test_example_accelerate_configs_are_valid_accelerate_files():
+    """accelerate's own loader rejects unknown keys; the DeepSpeed file names a JSON that exists."""
+    import json
+
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    kinds = {p.name: load_config_from_file(str(p)) for p in (REPO / "configs" / "accelerate").glob("*.yaml")}
+    assert kinds["fsdp.yaml"].distributed_type == DistributedType.FSDP
+    assert kinds["zero3.yaml"].distributed_type == DistributedType.DEEPSPEED
+    ds_file = REPO / kinds["zero3.yaml"].deepspeed_config["deepspeed_config_file"]  # relative to the repo root
+    assert json.loads(ds_file.read_text())["zero_optimization"]["stage"] == 3
+    # named relative to the run config (the embedded one lives in configs/), it resolves to the file
+    config = load_config(None, ["runtime.launcher=accelerate", "runtime.accelerate_config=accelerate/fsdp.yaml"])
+    assert config.runtime.accelerate_config == str(REPO / "configs" / "accelerate" / "fsdp.yaml")
 
 
 def test_embedded_default_is_the_demo():
@@ -148,6 +165,20 @@ def test_lora_refuses_an_ema_reference(overrides):
     with pytest.raises(ConfigError, match=r"ref_ema_decay must be 1 with model.lora.enabled"):
         load_config(None, ["model.lora.enabled=true", *overrides])
     load_config(None, overrides)  # fine without LoRA
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["runtime.num_machines=2"], "set launcher: accelerate"),
+    (["runtime.accelerate_config=accelerate/fsdp.yaml"], "set launcher: accelerate"),
+    (["runtime.launcher=accelerate", "runtime.num_machines=2", "runtime.num_processes=2"], "needs main_process_ip"),
+    (["runtime.launcher=accelerate", "runtime.machine_rank=1"], "must be below num_machines"),
+    (["runtime.launcher=accelerate", "runtime.num_machines=2", "runtime.num_processes=3",
+      "runtime.main_process_ip=10.0.0.1"], "must be a multiple of num_machines"),
+    (["runtime.launcher=accelerate", "runtime.accelerate_config=missing.yaml"], "runtime.accelerate_config: file not found"),
+])
+def test_launch_settings_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
 
 
 def test_early_stopping_needs_held_out_pairs(tmp_path):
