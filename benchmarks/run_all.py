@@ -20,7 +20,7 @@ from common import RESULTS_DIR, ROOT, format_table, load_average, machine_info, 
 
 HERE = Path(__file__).resolve().parent
 # Order: the cheap, self-contained ones first; the whole-flow run last.
-BENCHMARKS = ["dpo", "sampling", "ceiling", "memory", "iteration"]
+BENCHMARKS = ["dpo", "sampling", "ceiling", "memory", "lora", "iteration"]
 
 
 def _summary_lines(name: str, data: dict) -> list[list[str]]:
@@ -41,6 +41,10 @@ def _summary_lines(name: str, data: dict) -> list[list[str]]:
         return [[name, f"{g['step']} step peak memory", f"{g['prompts_ratio']:.0f}x prompts: RSS rise "
                  f"{g['rss_rise_ratio']:.2f}x (+{large[g['step']]['rss_rise_mib']:.1f} MiB), heap peak "
                  f"{g['heap_peak_ratio']:.2f}x ({large[g['step']]['heap_peak_mib']:.1f} MiB)"] for g in data["growth"]]
+    if name == "lora":
+        return [[name, r["ratio"], f"RSS rise {r['rss_rise']:.2f}x (mmap {r['rss_rise_mmap']:.2f}x; target <= 0.6x), "
+                 f"params+grads+AdamW {r['state_bytes']:.2f}x, tokens/s {r['tokens_per_s']:.2f}x"]
+                for r in data["ratios"]]
     if name == "iteration":
         return [[name, "iteration 1 wall", f"{data['iteration_wall_s']:.1f} s, orchestration + tracking "
                  f"{data['iteration_overhead_share']:.1%}"]] + [

@@ -1,7 +1,8 @@
 """Model plumbing shared by DPO, SFT and checkpointing: calling a causal LM, dropout, copies.
 
-`dpo` must not import transformers, so Hugging Face models are recognised by duck typing:
-a module with a `config` and `save_pretrained` is treated as a HF causal LM.
+`dpo` must not import transformers or peft, so both are recognised by duck typing: a module with
+a `config` and `save_pretrained` is treated as a HF causal LM, and one with `disable_adapter` and
+`peft_config` as a peft model (LoRA adapters over frozen base weights, see `dpo.lora`).
 """
 
 import copy
@@ -11,7 +12,19 @@ import sys
 import torch
 from torch import nn
 
-__all__ = ["causal_lm_logits", "frozen_copy", "is_hf_model", "pad_to_ids", "set_dropout", "trim_right_padding"]
+__all__ = [
+    "causal_lm_logits",
+    "enable_gradient_checkpointing",
+    "frozen_copy",
+    "is_adapter_model",
+    "is_hf_model",
+    "language_model",
+    "load_trainable_state",
+    "pad_to_ids",
+    "set_dropout",
+    "trainable_state",
+    "trim_right_padding",
+]
 
 # HF config / module float attributes that control dropout outside nn.Dropout modules
 # (Llama reads `attention_dropout` once in __init__ and stores it on each attention module).
@@ -29,6 +42,60 @@ _DROPOUT_ATTRS = (
 def is_hf_model(model: nn.Module) -> bool:
     """True for a Hugging Face `PreTrainedModel`-like module (has `config` and `save_pretrained`)."""
     return hasattr(model, "config") and callable(getattr(model, "save_pretrained", None))
+
+
+def is_adapter_model(model: nn.Module) -> bool:
+    """True for a peft model: adapters (LoRA) over base weights, with a `disable_adapter()` context."""
+    return callable(getattr(model, "disable_adapter", None)) and hasattr(model, "peft_config")
+
+
+def language_model(model: nn.Module) -> nn.Module:
+    """The network to call: a peft model's HF model (its adapter layers are injected there, and its
+    forward takes `logits_to_keep`, which peft's wrapper forward does not pass on), else `model`."""
+    return model.get_base_model() if is_adapter_model(model) else model
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors training changes, by state-dict name: a peft model's trainable (adapter) tensors,
+    else the whole state dict. Snapshots and training states of a LoRA round stay adapter-sized."""
+    state = model.state_dict()
+    if not is_adapter_model(model):
+        return state
+    names = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in state.items() if k in names}
+
+
+@torch.no_grad()
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load what `trainable_state` returned back into `model` (every trainable tensor must be there)."""
+    if not is_adapter_model(model):
+        model.load_state_dict(state)
+        return
+    expected = trainable_state(model).keys()
+    if state.keys() != expected:
+        missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+        raise ValueError(f"adapter state does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.load_state_dict(state, strict=False)
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each layer's activations in the backward pass (HF models only).
+
+    Non-reentrant checkpointing: gradients reach adapters of a frozen base (LoRA) without the
+    inputs needing `requires_grad`, and the results equal those without checkpointing.
+
+    Raises:
+        ValueError: If the model has no HF checkpointing switch.
+    """
+    network = language_model(model)
+    kwargs = {"use_reentrant": False}
+    # transformers 5 renamed gradient_checkpointing_enable (kept as a deprecated alias until v6).
+    if callable(getattr(network, "activation_checkpointing_enable", None)):
+        network.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif callable(getattr(network, "gradient_checkpointing_enable", None)):
+        network.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise ValueError(f"gradient_checkpointing needs a Hugging Face model; {type(network).__name__} has no switch for it")
 
 
 def causal_lm_logits(
@@ -55,6 +122,7 @@ def causal_lm_logits(
     Returns:
         (B, T, V) logits, or (N, V) for the N kept positions (row-major order) when `keep` is given.
     """
+    model = language_model(model)
     if is_hf_model(model):
         kwargs = {"logits_to_keep": keep} if keep is not None and _takes_bool_logits_to_keep(model) else {}
         logits = model(input_ids=ids, use_cache=False, **hf_inputs, **kwargs).logits
@@ -103,6 +171,8 @@ def trim_right_padding(seq: torch.Tensor) -> torch.Tensor:
 def set_dropout(model: nn.Module, p: float) -> None:
     """Set the dropout probability on every nn.Dropout and on HF dropout attributes.
 
+    LoRA's own dropout (`lora_dropout` modules, set by `LoraSettings.dropout`) is left as it is.
+
     Args:
         model: The module to update in place.
         p: Dropout probability in [0, 1).
@@ -112,7 +182,7 @@ def set_dropout(model: nn.Module, p: float) -> None:
     """
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {p!r}")
-    objects = [*model.modules()]
+    objects = [m for name, m in model.named_modules() if "lora_dropout" not in name.split(".")]
     config = getattr(model, "config", None)
     if config is not None:
         objects.append(config)

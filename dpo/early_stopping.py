@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ._modeling import load_trainable_state, trainable_state
+
 __all__ = ["EarlyStopDecision", "EarlyStopper", "WeightSnapshot"]
 
 
@@ -79,13 +81,14 @@ class EarlyStopper:
 
 
 class WeightSnapshot:
-    """A CPU copy of a module's state dict that can be restored later."""
+    """A CPU copy of what training changes in a module (its state dict; a peft model's adapters only)
+    that can be restored later."""
 
     def __init__(self, model: nn.Module, step: int = 0):
         self.step = step
-        self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        self.state = {k: v.detach().to("cpu", copy=True) for k, v in trainable_state(model).items()}
 
     @torch.no_grad()
     def restore(self, model: nn.Module) -> None:
         """Load the snapshot back into `model` (tensors are copied to the model's devices)."""
-        model.load_state_dict(self.state)
+        load_trainable_state(model, self.state)

@@ -5,6 +5,10 @@ dataloader and a fresh LR schedule per round, and runs one optimizer step at a t
 
     for each of grad_accum_steps micro-batches: forward, backward (gradient sync on the last)
     gather metrics -> stop on a non-finite loss -> clip -> optimizer step -> scheduler step
+
+`ComputeSettings` are applied here: gradient checkpointing is switched on in the policy once, and
+`autocast()` is the bf16 region the forward passes run in (the backward runs outside it, as torch
+recommends; the weights, gradients and AdamW state keep their dtype).
 """
 
 import contextlib
@@ -20,11 +24,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
-from ._modeling import set_dropout
+from ._modeling import enable_gradient_checkpointing, set_dropout
 from ._types import NonFiniteLossError, StepOutput
 from .checkpoint import save_checkpoint
 from .optim import build_adamw, build_scheduler
-from .settings import OptimSettings
+from .settings import ComputeSettings, OptimSettings
 
 __all__ = ["LogFn", "TrainingLoop", "iter_shard_batches", "summarize"]
 
@@ -81,6 +85,7 @@ class TrainingLoop:
         policy: The trainable network inside `objective` (gets AdamW and dropout).
         input_keys: Batch keys forwarded to the objective (others, like "index", are dropped).
         optim: Optimizer, schedule and round length.
+        compute: Gradient checkpointing of the policy and the autocast of forward passes.
         accelerator: Accelerator to use; a default one is created when None.
         seed: Seed of the data order (offset by the round index).
         log_fn: Optional callback `log_fn(metrics, step)`, called on the main process.
@@ -93,6 +98,7 @@ class TrainingLoop:
         *,
         input_keys: tuple[str, ...],
         optim: OptimSettings,
+        compute: ComputeSettings = ComputeSettings(),
         accelerator: Accelerator | None = None,
         seed: int = 0,
         log_fn: LogFn | None = None,
@@ -106,7 +112,9 @@ class TrainingLoop:
         self.input_keys, self.optim, self.seed, self.log_fn = input_keys, optim, seed, log_fn
         self.batch_size, self.grad_accum_steps = optim.batch_size, optim.grad_accum_steps
         set_dropout(policy, optim.dropout)
-        self.policy = policy
+        if compute.gradient_checkpointing:
+            enable_gradient_checkpointing(policy)
+        self.policy, self.compute = policy, compute
         optimizer = build_adamw(policy, optim.start_learning_rate, optim.weight_decay)
         # Prepared once: later rounds reuse the same wrapped model and optimizer (one DDP wrapper
         # per parameter set, however many rounds).
@@ -176,7 +184,8 @@ class TrainingLoop:
             # Gradients are all-reduced only on the last micro-batch.
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
             with sync:
-                out: StepOutput = self.model(**inputs)
+                with self.autocast():
+                    out: StepOutput = self.model(**inputs)
                 self.accelerator.backward(out.loss / self.grad_accum_steps)
             for name, value in out.metrics.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float() / self.grad_accum_steps
@@ -221,6 +230,12 @@ class TrainingLoop:
         return metrics
 
     # ---------------------------------------------------------------- helpers
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The region forward passes run in: bf16 autocast on the accelerator's device, or nothing."""
+        if self.compute.autocast == "bf16":
+            return torch.autocast(device_type=self.accelerator.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def log(self, metrics: dict[str, float]) -> None:
         """Send metrics to the accelerator's trackers and to `log_fn` (main process)."""
         self.accelerator.log(metrics, step=self.global_step)

@@ -6,6 +6,10 @@ the policy (`ref_ema_decay < 1`), updated after every optimizer step by the trai
 
     ref <- decay * ref + (1 - decay) * policy
 
+A LoRA policy (a peft model, see `dpo.lora`) has no second copy: its reference is the policy run
+with its adapters disabled, i.e. its frozen base weights (M_t when the adapters are fresh). An EMA
+reference would need those weights to move, so it is refused for a LoRA policy.
+
 ema-pytorch 0.8.3's `EMA.update()` is deliberately not used: its first call copies the policy
 into the EMA (`initted` flag) and `get_current_decay()` returns 0 (a full copy) for the first
 `update_after_step + 1` calls before ramping up with `inv_gamma`/`power`, so a reference meant to
@@ -14,11 +18,14 @@ stay M_t would end the warm-up as a copy of the policy. We call
 step 1 exactly by the formula above.
 """
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from ema_pytorch import EMA
 from torch import nn
 
-from ._modeling import frozen_copy, trim_right_padding
+from ._modeling import frozen_copy, is_adapter_model, trim_right_padding
 from ._types import LossType, Reduction, StepOutput
 from .logprobs import REDUCTIONS, mean_token_nll, response_logprobs
 from .loss import preference_loss, validate_loss_args
@@ -31,7 +38,8 @@ class DPO(nn.Module):
     """Direct Preference Optimization around any causal LM.
 
     Args:
-        model: The policy: a HF causal LM or a module mapping ids (B, T) to logits (B, T, V).
+        model: The policy: a HF causal LM or a module mapping ids (B, T) to logits (B, T, V), or a
+            peft model (LoRA adapters, `dpo.lora.add_lora`) whose reference is its base weights.
         beta: β of the implicit reward β·log(πθ/πref).
         loss_type: "sigmoid", "ipo", "hinge" or "robust" (see `dpo.loss`).
         label_smoothing: ε for "sigmoid" (cDPO) and "robust".
@@ -70,7 +78,16 @@ class DPO(nn.Module):
         self.nll_weight, self.ref_ema_decay, self.reduction = nll_weight, ref_ema_decay, reduction
         self.share_prompt, self.replay_weight = share_prompt, replay_weight
         self.ref_ema: EMA | None = None
-        if self.ref_is_frozen:
+        # A LoRA policy's reference is its base weights (adapters disabled): no copy is made.
+        self.adapter_reference = is_adapter_model(model)
+        if self.adapter_reference:
+            if not self.ref_is_frozen:
+                raise ValueError(
+                    f"ref_ema_decay={ref_ema_decay!r} needs a reference that moves, but a LoRA policy's reference is "
+                    "its frozen base weights (adapters disabled): use ref_ema_decay=1.0 with LoRA"
+                )
+            self.ref_model = None
+        elif self.ref_is_frozen:
             self.ref_model = frozen_copy(model)
         else:
             # include_online_model=False: the policy is registered once, as `self.policy`.
@@ -91,19 +108,50 @@ class DPO(nn.Module):
 
     @property
     def reference(self) -> nn.Module:
-        """The reference network (frozen copy or EMA weights)."""
+        """The reference network: the frozen copy, the EMA weights, or for a LoRA policy the policy
+        itself (its reference log-probs come from `ref_logps`, which disables the adapters)."""
+        if self.adapter_reference:
+            return self.policy
         return self.ref_model if self.ref_ema is None else self.ref_ema.ema_model
 
     def train(self, mode: bool = True) -> "DPO":
         """Set the policy's mode; the reference always stays in eval mode (no dropout)."""
         super().train(mode)
-        self.reference.eval()
+        if not self.adapter_reference:
+            self.reference.eval()
         return self
 
     @torch.no_grad()
     def update_reference_model_with_policy(self) -> None:
-        """Copy the policy's weights and buffers into the reference (start of a DPO round)."""
+        """Make the reference equal to the policy (start of a DPO round).
+
+        A copy or EMA reference gets the policy's weights and buffers. A LoRA policy's adapters
+        are folded into its base weights and reset to the identity (`dpo.lora.fold_adapters`;
+        nothing to do when they are fresh, as in a pipeline round), so "adapters disabled" is the
+        policy as it is now.
+        """
+        if self.adapter_reference:
+            from .lora import fold_adapters
+
+            fold_adapters(self.policy)
+            return
         self.reference.load_state_dict(self.policy.state_dict())
+
+    @contextlib.contextmanager
+    def _reference_network(self) -> Iterator[nn.Module]:
+        """The network that computes reference log-probs, in eval mode (no dropout) inside the block."""
+        if not self.adapter_reference:
+            yield self.reference
+            return
+        from .lora import adapters_disabled
+
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            with adapters_disabled(self.policy):
+                yield self.policy
+        finally:
+            self.policy.train(was_training)
 
     @torch.no_grad()
     def update_reference_ema(self) -> None:
@@ -142,7 +190,8 @@ class DPO(nn.Module):
         Returns:
             `(ref_chosen_logps, ref_rejected_logps)`, each (B,), reduced like the policy's.
         """
-        logps, mask = self._pair_logps(self.reference, chosen, rejected, prompt_len)
+        with self._reference_network() as reference:
+            logps, mask = self._pair_logps(reference, chosen, rejected, prompt_len)
         return REDUCTIONS[self.reduction](logps, mask).chunk(2)
 
     def forward(

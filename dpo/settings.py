@@ -6,10 +6,11 @@ without its config field fails a test instead of being silently unreachable.
 """
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ._types import LossType, Reduction
 
-__all__ = ["EarlyStopping", "LossSettings", "OptimSettings"]
+__all__ = ["ComputeSettings", "EarlyStopping", "LoraSettings", "LossSettings", "OptimSettings"]
 
 
 def _check(checks: dict[str, tuple[bool, str]], owner: object) -> None:
@@ -109,3 +110,54 @@ class EarlyStopping:
             "eval_every": (self.eval_every is None or self.eval_every >= 1, ">= 1 or None"),
             "patience": (self.patience is None or self.patience >= 1, ">= 1 or None"),
         }, self)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters trained instead of the model's weights (see `dpo.lora`).
+
+    Attributes:
+        enabled: False trains every weight (the run config's switch; a library caller passes
+            `lora=None` instead).
+        r: Rank of each adapter (A: r x in, B: out x r).
+        alpha: Scaling numerator: an adapter adds (alpha / r) * B A x.
+        dropout: Dropout on the adapters' input (LoRA's own; the model's dropout is `OptimSettings`).
+        target_modules: "all-linear" (every linear layer but the output head) or module names such
+            as ["q_proj", "v_proj"], as peft's `LoraConfig.target_modules` takes them.
+    """
+
+    enabled: bool = True
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, list):  # from a config section; the dataclass is frozen
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        _check({
+            "r": (self.r >= 1, "an integer >= 1"),
+            "alpha": (self.alpha > 0, "a float > 0"),
+            "dropout": (0 <= self.dropout < 1, "a float in [0, 1)"),
+            "target_modules": (bool(self.target_modules), '"all-linear" or a non-empty list of module names'),
+        }, self)
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    """How a training step computes: trading compute for memory, and precision.
+
+    Attributes:
+        gradient_checkpointing: Recompute each decoder layer's activations in the backward pass
+            instead of storing them (HF models; non-reentrant checkpointing, so frozen-base LoRA
+            works). Less activation memory, about one more forward per step; same losses.
+        autocast: "bf16" runs the forward passes (policy, reference and its precomputation,
+            validation) under `torch.autocast` in bfloat16 while weights, gradients and AdamW state
+            stay in their dtype (mixed precision); "none" computes in the weights' dtype.
+    """
+
+    gradient_checkpointing: bool = False
+    autocast: Literal["none", "bf16"] = "none"
+
+    def __post_init__(self) -> None:
+        _check({"autocast": (self.autocast in ("none", "bf16"), '"none" or "bf16"')}, self)

@@ -20,7 +20,7 @@ from ._types import StepOutput
 from .data import PAD_VALUE, PROMPT_LEN_FILE, check_token_rows, open_npy, save_npy_atomic
 from .logprobs import mean_token_nll, response_logprobs, token_logprobs
 from .loop import LogFn, TrainingLoop, iter_shard_batches, summarize
-from .settings import OptimSettings
+from .settings import ComputeSettings, OptimSettings
 
 __all__ = ["SFT_SEQ_FILE", "SFTDataError", "SFTDataset", "SFTTrainer", "sft_loss", "write_sft_memmaps"]
 
@@ -157,6 +157,7 @@ class SFTTrainer:
         train_dataset: An `SFTDataset` (or any dataset with "seq" and "prompt_len" items).
         optim: Optimizer, schedule and length (the paper's SFT: learning rate 5.5e-6 -> 1.1e-6).
         valid_dataset: Optional dataset; its token-mean NLL is reported as `valid_loss`.
+        compute: Gradient checkpointing and bf16 autocast.
         accelerator: Accelerator to run on (a default one when None).
         checkpoint_dir: Where the trained model is saved at the end (None: not saved).
         seed: Seed for the data order.
@@ -170,6 +171,7 @@ class SFTTrainer:
         train_dataset: Dataset,
         optim: OptimSettings = OptimSettings(start_learning_rate=5.5e-6, end_learning_rate=1.1e-6),
         valid_dataset: Dataset | None = None,
+        compute: ComputeSettings = ComputeSettings(),
         accelerator: Accelerator | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         seed: int = 0,
@@ -178,7 +180,7 @@ class SFTTrainer:
         self.train_dataset, self.valid_dataset, self.batch_size = train_dataset, valid_dataset, optim.batch_size
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.loop = TrainingLoop(_SFTObjective(model), model, input_keys=("seq", "prompt_len"), optim=optim,
-                                 accelerator=accelerator, seed=seed, log_fn=log_fn)
+                                 compute=compute, accelerator=accelerator, seed=seed, log_fn=log_fn)
         self.accelerator = self.loop.accelerator
         self.objective = self.accelerator.unwrap_model(self.loop.model)
 
@@ -197,7 +199,8 @@ class SFTTrainer:
         self.objective.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.accelerator.device)  # (nll sum, tokens)
         for _, batch in iter_shard_batches(dataset, self.batch_size, self.accelerator):
-            logps, mask, _ = response_logprobs(self.objective.policy, batch["seq"], batch["prompt_len"])
+            with self.loop.autocast():
+                logps, mask, _ = response_logprobs(self.objective.policy, batch["seq"], batch["prompt_len"])
             total += torch.stack([-logps.sum().double(), mask.sum().double()])
         self.objective.train(was_training)
         total = self.accelerator.reduce(total, reduction="sum")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._modeling import causal_lm_logits, is_hf_model
+from ._modeling import causal_lm_logits, is_hf_model, language_model
 from .logprobs import log_normalizer
 
 __all__ = [
@@ -48,6 +48,7 @@ _MASKED_ATTENTION = ("sdpa", "eager")
 
 def supports_shared_prompt(model: nn.Module) -> bool:
     """True for a HF model of a checked family, SDPA or eager attention, full attention in every layer."""
+    model = language_model(model)  # a peft model: the HF model its adapters sit in
     if not is_hf_model(model):
         return False
     config = model.config

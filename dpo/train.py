@@ -1,8 +1,15 @@
 """The package's two training steps as a pipeline runs them: one DPO round from a pairs folder, and
-SFT from (prompt, response) token pairs. Both train the model they are given in place."""
+SFT from (prompt, response) token pairs. Both train the model they are given in place.
 
+With `lora` settings, fresh adapters are added to the model and trained instead of its weights
+(`dpo.lora` explains why each round starts new adapters on the merged previous model); at the
+end they are saved to `adapter_dir` and merged in, so the caller's model object is the trained
+model either way and is saved the same way.
+"""
+
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -10,10 +17,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from ._modeling import is_adapter_model
 from .data import DPODataset
-from .loop import LogFn
+from .loop import LogFn, TrainingLoop
+from .lora import add_lora, merge_lora, save_adapter
 from .model import DPO
-from .settings import EarlyStopping, LossSettings, OptimSettings
+from .settings import ComputeSettings, EarlyStopping, LoraSettings, LossSettings, OptimSettings
 from .sft import SFTDataset, SFTTrainer
 from .trainer import DPOTrainer
 
@@ -38,6 +47,33 @@ def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Data
     return Subset(dataset, sorted(order[held_out:])), Subset(dataset, sorted(order[:held_out]))
 
 
+@contextlib.contextmanager
+def _trained_network(model: nn.Module, lora: LoraSettings | None, seed: int) -> Iterator[nn.Module]:
+    """`model`, or `model` with fresh adapters that are merged back into it when the block ends
+    (also on an error: a trainer that fails restores good adapter weights first)."""
+    if lora is None or not lora.enabled:
+        yield model
+        return
+    network = add_lora(model, lora, seed)
+    try:
+        yield network
+    finally:
+        merge_lora(network)
+
+
+def _save_adapter_on_main(loop: TrainingLoop, network: nn.Module, adapter_dir: str | os.PathLike | None) -> None:
+    if adapter_dir is None or not is_adapter_model(network):
+        return
+    loop.accelerator.wait_for_everyone()
+    if loop.accelerator.is_main_process:
+        save_adapter(network, adapter_dir)
+    loop.accelerator.wait_for_everyone()
+
+
+def _trainable_params(network: nn.Module) -> int:
+    return sum(p.numel() for p in network.parameters() if p.requires_grad)
+
+
 def train_dpo(
     policy: nn.Module,
     pairs_dir: str | os.PathLike,
@@ -54,6 +90,9 @@ def train_dpo(
     state_dir: str | os.PathLike | None = None,
     seed: int = 0,
     log_fn: LogFn | None = None,
+    lora: LoraSettings | None = None,
+    compute: ComputeSettings = ComputeSettings(),
+    adapter_dir: str | os.PathLike | None = None,
 ) -> dict:
     """One DPO round of `policy` on the preference pairs in `pairs_dir` (M_t -> M_{t+1}).
 
@@ -76,23 +115,34 @@ def train_dpo(
         vocab_size: Every token id of the pairs must be below it (checked on open).
         checkpoint_every: Save the resumable round state every N optimizer steps (needs `state_dir`).
         state_dir: Folder of that state; a killed round resumes from it.
-        seed: Data order, dropout and the validation split.
+        seed: Data order, dropout, the validation split and the adapters' initialisation.
         log_fn: `log_fn(metrics, step)` per optimizer step (main process).
+        lora: Train fresh LoRA adapters (reference: the policy with adapters disabled, i.e. M_t)
+            and merge them into `policy` at the end; None or `enabled=False` trains every weight.
+        compute: Gradient checkpointing and bf16 autocast.
+        adapter_dir: Where the trained adapters are saved (main process; LoRA only).
 
     Returns:
-        The trainer's summary (`DPOTrainer.train`), plus `valid_pairs`.
+        The trainer's summary (`DPOTrainer.train`), plus `valid_pairs` and `trainable_params`.
+
+    Raises:
+        ValueError: For an EMA reference (`loss.ref_ema_decay < 1`) with LoRA, among others.
     """
     pairs = DPODataset(Path(pairs_dir), vocab_size=vocab_size)
     train, valid = split_validation(pairs, valid_fraction, seed)
     if early_stopping.eval_every is not None and valid is None:
         raise ValueError("early stopping needs held-out pairs: set valid_fraction > 0")
-    trainer = DPOTrainer(
-        DPO(policy, **asdict(loss)), optim=optim, dataset_generator=lambda: train, valid_dataset=valid,
-        early_stopping=early_stopping, replay_dataset=replay, replay_batch_size=replay_batch_size,
-        precompute_ref_logps=precompute_ref_logps,
-        checkpoint_every=checkpoint_every, state_dir=state_dir, seed=seed, log_fn=log_fn,
-    )
-    return {**trainer.train(), "valid_pairs": 0 if valid is None else len(valid)}
+    with _trained_network(policy, lora, seed) as network:
+        trainer = DPOTrainer(
+            DPO(network, **asdict(loss)), optim=optim, dataset_generator=lambda: train, valid_dataset=valid,
+            early_stopping=early_stopping, replay_dataset=replay, replay_batch_size=replay_batch_size,
+            precompute_ref_logps=precompute_ref_logps, compute=compute,
+            checkpoint_every=checkpoint_every, state_dir=state_dir, seed=seed, log_fn=log_fn,
+        )
+        summary = trainer.train()
+        _save_adapter_on_main(trainer.loop, network, adapter_dir)
+        trainable = _trainable_params(network)
+    return {**summary, "valid_pairs": 0 if valid is None else len(valid), "trainable_params": trainable}
 
 
 def train_sft(
@@ -103,12 +153,21 @@ def train_sft(
     max_len: int,
     seed: int = 0,
     log_fn: LogFn | None = None,
+    lora: LoraSettings | None = None,
+    compute: ComputeSettings = ComputeSettings(),
+    adapter_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Supervised fine-tuning of `model` (in place) on `(prompt_ids, response_ids)` examples.
 
+    With `lora`, fresh adapters are trained, saved to `adapter_dir` and merged into `model`.
+
     Returns:
-        The trainer's summary (`SFTTrainer.train`) plus `examples`.
+        The trainer's summary (`SFTTrainer.train`) plus `examples` and `trainable_params`.
     """
     dataset = SFTDataset.from_pairs(examples, max_len=max_len)
-    summary = SFTTrainer(model, train_dataset=dataset, optim=optim, seed=seed, log_fn=log_fn).train()
-    return {**summary, "examples": len(examples)}
+    with _trained_network(model, lora, seed) as network:
+        trainer = SFTTrainer(network, train_dataset=dataset, optim=optim, compute=compute, seed=seed, log_fn=log_fn)
+        summary = trainer.train()
+        _save_adapter_on_main(trainer.loop, network, adapter_dir)
+        trainable = _trainable_params(network)
+    return {**summary, "examples": len(examples), "trainable_params": trainable}

@@ -4,7 +4,7 @@ A state folder describes the round after optimizer step `step` and is replaced a
 process writes into `.<name>.tmp-<step>`, then the main process renames it into place), so a crash
 while saving leaves the previous complete state. Files:
 
-    policy.safetensors        policy weights
+    policy.safetensors        policy weights (a LoRA policy: its adapter tensors only; the base is M_t)
     reference.safetensors     reference weights (EMA reference only: a frozen one is M_t, rebuilt)
     best.safetensors          best early-stopping snapshot, when there is one
     optimizer.safetensors     AdamW tensors, named `<param index>.<key>` (moments, step counts)
@@ -32,6 +32,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from ._modeling import is_adapter_model, load_trainable_state, trainable_state
 from .files import publish_dir
 
 __all__ = ["RoundState", "load_train_state", "restore_rng", "save_train_state"]
@@ -108,6 +109,21 @@ def _rng_parts() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached]}
 
 
+def _save_policy(policy: nn.Module, path: Path) -> None:
+    if is_adapter_model(policy):  # adapters only: the frozen base is rebuilt from M_t
+        safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in trainable_state(policy).items()},
+                                    str(path))
+    else:
+        safetensors.torch.save_model(policy, str(path))  # tied weights stored once
+
+
+def _load_policy(policy: nn.Module, path: Path) -> None:
+    if is_adapter_model(policy):
+        load_trainable_state(policy, safetensors.torch.load_file(str(path)))
+    else:
+        safetensors.torch.load_model(policy, str(path))
+
+
 def save_train_state(
     directory: str | os.PathLike,
     accelerator: Accelerator,
@@ -148,7 +164,7 @@ def save_train_state(
     safetensors.torch.save_file(rng_tensors, str(tmp / f"rng-{rank}.safetensors"))
     (tmp / f"rng-{rank}.json").write_text(json.dumps(rng_meta), encoding="utf-8")
     if accelerator.is_main_process:
-        safetensors.torch.save_model(policy, str(tmp / "policy.safetensors"))
+        _save_policy(policy, tmp / "policy.safetensors")
         if reference is not None:
             safetensors.torch.save_model(reference, str(tmp / "reference.safetensors"))
         if best is not None:
@@ -197,7 +213,7 @@ def load_train_state(
         logger.warning("ignoring training state in %s: saved for %s, this round is %s",
                        directory, payload.get("identity"), identity)
         return None
-    safetensors.torch.load_model(policy, str(directory / "policy.safetensors"))
+    _load_policy(policy, directory / "policy.safetensors")
     if reference is not None:
         safetensors.torch.load_model(reference, str(directory / "reference.safetensors"))
     opt_tensors = safetensors.torch.load_file(str(directory / "optimizer.safetensors"))

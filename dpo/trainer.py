@@ -12,6 +12,9 @@ With `checkpoint_every=N` and a `state_dir`, the full training state (weights, A
 schedule, data position, RNG states, metric history) is saved every N steps; a `train()` that
 finds a state of the same round there (e.g. after the process was killed) continues from it, and
 its final weights equal those of an uninterrupted round.
+
+A LoRA policy (`DPO` around a peft model) trains its adapters only: snapshots and training states
+hold the adapter tensors, and the reference is the base (see `dpo.lora`).
 """
 
 import os
@@ -24,11 +27,12 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import Dataset
 
+from ._modeling import trainable_state
 from ._types import NonFiniteLossError
 from .early_stopping import EarlyStopDecision, EarlyStopper, WeightSnapshot
 from .loop import LogFn, TrainingLoop, iter_shard_batches, summarize
 from .model import DPO
-from .settings import EarlyStopping, OptimSettings
+from .settings import ComputeSettings, EarlyStopping, OptimSettings
 from .shared_prompt import supports_shared_prompt
 from .train_state import RoundState, load_train_state, restore_rng, save_train_state
 
@@ -76,6 +80,8 @@ class DPOTrainer:
             `replay_batch_size` per micro-batch (see `DPO.replay_weight`), e.g. judge data.
         replay_batch_size: Replay examples per micro-batch (0: none).
         precompute_ref_logps: Compute reference log-probs once per round (frozen reference only).
+        compute: Gradient checkpointing and bf16 autocast (forward passes of training, the
+            reference precompute and validation alike).
         accelerator: Accelerator to run on (a default one when None).
         checkpoint_dir: Where the final (best) policy is saved after each round.
         checkpoint_every: Save the resumable training state every this many optimizer steps
@@ -101,6 +107,7 @@ class DPOTrainer:
         replay_dataset: Dataset | None = None,
         replay_batch_size: int = 0,
         precompute_ref_logps: bool = True,
+        compute: ComputeSettings = ComputeSettings(),
         accelerator: Accelerator | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
@@ -128,7 +135,7 @@ class DPOTrainer:
         self.checkpoint_every = checkpoint_every
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.seed = seed
-        self.loop = TrainingLoop(self.dpo, self.dpo.policy, input_keys=_DPO_INPUTS, optim=optim,
+        self.loop = TrainingLoop(self.dpo, self.dpo.policy, input_keys=_DPO_INPUTS, optim=optim, compute=compute,
                                  accelerator=accelerator, seed=seed, log_fn=log_fn)
         self.accelerator = self.loop.accelerator
         self._good: WeightSnapshot | None = None
@@ -147,7 +154,8 @@ class DPOTrainer:
             raise ValueError("validation_loss needs a non-empty valid_dataset")
         total = torch.zeros(2, dtype=torch.float64, device=self.accelerator.device)  # (loss sum, pairs)
         for _, batch in iter_shard_batches(self.valid_dataset, self.batch_size, self.accelerator):
-            out = self.dpo(**{k: batch[k] for k in _DPO_INPUTS if k in batch})
+            with self.loop.autocast():
+                out = self.dpo(**{k: batch[k] for k in _DPO_INPUTS if k in batch})
             pairs = len(batch["chosen"])
             total += torch.tensor([float(out.loss) * pairs, pairs], device=total.device)
         total = self.accelerator.reduce(total, reduction="sum")
@@ -175,7 +183,8 @@ class DPOTrainer:
         shared = self.dpo.share_prompt and supports_shared_prompt(self.dpo.reference)
         lengths = [_pair_length(dataset[i], shared) for i in range(len(dataset))]
         for positions, batch in iter_shard_batches(dataset, self.batch_size, self.accelerator, lengths):
-            chosen, rejected = self.dpo.ref_logps(batch["chosen"], batch["rejected"], batch["prompt_len"])
+            with self.loop.autocast():  # as the live reference inside the training forward would be
+                chosen, rejected = self.dpo.ref_logps(batch["chosen"], batch["rejected"], batch["prompt_len"])
             ref[positions.to(ref.device)] = torch.stack([chosen, rejected], dim=1).float()
         ref = self.accelerator.reduce(ref, reduction="sum")  # each position was filled on one process
         return _WithRefLogps(dataset, ref.cpu())
@@ -209,8 +218,10 @@ class DPOTrainer:
             dataset = self._with_ref_logps(dataset)
         batches, total_steps = self.loop.begin_round(dataset, self.replay_dataset, self.replay_batch_size)
         stopper = EarlyStopper(self.early_stopping.patience, self.early_stopping.higher_is_better)
-        # Restore point for a non-finite loss; a frozen reference already holds the start weights.
-        self._good = None if self.dpo.ref_is_frozen else WeightSnapshot(self.dpo.policy)
+        # Restore point for a non-finite loss; a frozen copy reference already holds the start weights
+        # (a LoRA snapshot is adapter-sized).
+        copy_holds_start = self.dpo.ref_is_frozen and not self.dpo.adapter_reference
+        self._good = None if copy_holds_start else WeightSnapshot(self.dpo.policy)
         best, history, stopped_early = None, [], False
         identity = self._round_identity(len(dataset), total_steps)
         start, best = self._resume(identity, batches, stopper, history)
@@ -244,10 +255,14 @@ class DPOTrainer:
 
     # ---------------------------------------------------------------- resumable state
     def _round_identity(self, num_pairs: int, total_steps: int) -> dict:
-        return {"num_pairs": num_pairs, "total_steps": total_steps, "batch_size": self.batch_size,
-                "grad_accum_steps": self.loop.grad_accum_steps, "processes": self.accelerator.num_processes,
-                "round": self.loop.round, "seed": self.seed, "ref_frozen": self.dpo.ref_is_frozen,
-                "replay": [len(self.replay_dataset or []), self.replay_batch_size]}
+        identity = {"num_pairs": num_pairs, "total_steps": total_steps, "batch_size": self.batch_size,
+                    "grad_accum_steps": self.loop.grad_accum_steps, "processes": self.accelerator.num_processes,
+                    "round": self.loop.round, "seed": self.seed, "ref_frozen": self.dpo.ref_is_frozen,
+                    "replay": [len(self.replay_dataset or []), self.replay_batch_size]}
+        if self.dpo.adapter_reference:  # its state holds the adapters only, of this shape
+            adapters = trainable_state(self.dpo.policy).values()
+            identity["adapters"] = {"tensors": len(adapters), "numel": sum(t.numel() for t in adapters)}
+        return identity
 
     def _save_state(self, state: RoundState, best: WeightSnapshot | None) -> None:
         save_train_state(

@@ -77,16 +77,39 @@ def _train_here(step: Callable[..., StepRecord], config: RunConfig, run_dir: Pat
 
 
 def _launch_command(config: RunConfig, spec_path: str) -> list[str]:
-    n = config.runtime.num_processes
+    """The `accelerate launch` command line of a training step, from `runtime`.
+
+    The process and machine settings always come from `runtime` (they win over the same keys of an
+    `accelerate_config` file); the file decides the rest: the distributed type (FSDP, DeepSpeed,
+    multi-GPU), its plugin settings and mixed precision. Without a file the distributed type is
+    chosen here: `--multi_gpu` for several processes, `--cpu` for one on a CPU machine.
+    """
+    runtime = config.runtime
+    n, machines = runtime.num_processes, runtime.num_machines
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n),
-               "--num_machines", "1", "--dynamo_backend", "no"]
-    if n > 1:
-        # `--multi_gpu` starts n torchrun workers; on a CPU-only run each rank then picks gloo
-        # (accelerate's `--cpu` with n > 1 expects mpirun and would start one process).
-        command += ["--multi_gpu", "--main_process_port", str(_free_port())]
-    elif select_device(config.model.device).type == "cpu":
-        command.append("--cpu")
+               "--num_machines", str(machines)]
+    if runtime.accelerate_config is not None:
+        # No --multi_gpu / --cpu: either flag would replace the file's distributed type.
+        command += ["--config_file", runtime.accelerate_config]
+    else:
+        command += ["--dynamo_backend", "no"]
+        if n > 1:
+            # `--multi_gpu` starts n torchrun workers; on a CPU-only run each rank then picks gloo
+            # (accelerate's `--cpu` with n > 1 expects mpirun and would start one process).
+            command.append("--multi_gpu")
+        elif select_device(config.model.device).type == "cpu":
+            command.append("--cpu")
+    if machines > 1:
+        command += ["--machine_rank", str(runtime.machine_rank), "--main_process_ip", runtime.main_process_ip,
+                    "--main_process_port", str(runtime.main_process_port or _DEFAULT_PORT)]
+    elif n > 1:
+        # One machine: the rendezvous stays on the loopback interface.
+        command += ["--main_process_ip", runtime.main_process_ip or "127.0.0.1",
+                    "--main_process_port", str(runtime.main_process_port or _free_port())]
     return command + ["-m", "flows.launch", spec_path]
+
+
+_DEFAULT_PORT = 29500  # torch.distributed's usual rendezvous port: every machine must agree on it
 
 
 def _free_port() -> int:

@@ -1,4 +1,5 @@
-"""What the steps share: loading a stage's model for reading or training, saving one, flushing curves."""
+"""What the steps share: loading a stage's model for reading or training, saving one, flushing curves,
+and the model-level training switches (LoRA, gradient checkpointing, autocast) of SFT and DPO."""
 
 from pathlib import Path
 
@@ -11,6 +12,28 @@ from pipeline.models import InferenceModel, load_model_and_tokenizer
 def inference_model(config: RunConfig, record: StepRecord) -> InferenceModel:
     """The model of `record` for the steps that only read it, loaded when one first needs it."""
     return InferenceModel(model_dir(record), device=config.model.device, dtype=config.model.dtype)
+
+
+ADAPTER_DIR = "adapter"  # a LoRA stage's adapters (peft format), beside the merged MODEL_DIR
+
+
+def training_switches(config: RunConfig, out: Path) -> dict:
+    """`train_sft` / `train_dpo` arguments from `model`: LoRA (adapters saved to `<out>/adapter`, merged
+    into the model that `save_model` then writes to `<out>/model`), gradient checkpointing, autocast."""
+    return {"lora": config.model.lora.to(dpo.LoraSettings), "compute": config.model.to(dpo.ComputeSettings),
+            "adapter_dir": out / ADAPTER_DIR}
+
+
+def training_fingerprint(config: RunConfig) -> list:
+    """What of `model` changes a training step's output, for its fingerprint. Nothing at the defaults, so
+    steps of runs started before these switches existed keep their fingerprints; gradient
+    checkpointing gives the same weights and is left out."""
+    changed = {}
+    if config.model.lora.enabled:
+        changed["lora"] = config.model.lora.model_dump(mode="json")
+    if config.model.autocast != "none":
+        changed["autocast"] = config.model.autocast
+    return [changed] if changed else []
 
 
 def trainable_model(config: RunConfig, record: StepRecord):

@@ -15,7 +15,14 @@ from flows.stepdir import (
     run_step,
     step_seed,
 )
-from flows.steps.common import flush_metrics, save_model, scalars, trainable_model
+from flows.steps.common import (
+    flush_metrics,
+    save_model,
+    scalars,
+    trainable_model,
+    training_fingerprint,
+    training_switches,
+)
 from pipeline import data as run_data
 from pipeline.config import RunConfig
 
@@ -44,7 +51,8 @@ def dpo_step(config: RunConfig, iteration: int, run_dir: Path, model: StepRecord
         loss = dataclasses.replace(loss, label_smoothing=consistency.summary["label_smoothing"])
     skip = skip or (None if pairs is not None and pairs.summary.get("pairs") else "no preference pairs")
     step_fp = fingerprint("dpo", cfg.model_dump(), model.fingerprint, skip or pairs.fingerprint, seed,
-                          *([data.fingerprint] if cfg.replay_batch_size else []), loss.label_smoothing)
+                          *([data.fingerprint] if cfg.replay_batch_size else []), loss.label_smoothing,
+                          *training_fingerprint(config))
     state_root = out / ".dpo-state"
 
     def on_step(metrics: dict[str, float], step: int) -> None:
@@ -72,7 +80,7 @@ def dpo_step(config: RunConfig, iteration: int, run_dir: Path, model: StepRecord
                 early_stopping=cfg.early_stopping.to(dpo.EarlyStopping), valid_fraction=cfg.early_stopping.valid_fraction,
                 replay=replay, replay_batch_size=cfg.replay_batch_size, precompute_ref_logps=cfg.precompute_ref_logps,
                 vocab_size=len(tokenizer), checkpoint_every=cfg.checkpoint_every, state_dir=state_root / step_fp,
-                seed=seed, log_fn=on_step)
+                seed=seed, log_fn=on_step, **training_switches(config, tmp))
         except dpo.NonFiniteLossError as err:
             raise dpo.NonFiniteLossError(
                 f"{out.name} DPO: {err}. The run stops here: nothing is published for this step and M_{iteration} "

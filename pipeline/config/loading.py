@@ -5,7 +5,14 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from pipeline.config.schema import ConfigError, DataConfig, RunConfig, deep_merge, format_errors
+from pipeline.config.schema import (
+    ConfigError,
+    DataConfig,
+    RunConfig,
+    RuntimeConfig,
+    deep_merge,
+    format_errors,
+)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
@@ -66,7 +73,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{path}: invalid config\n" + format_errors(err)) from None
     except ValueError as err:  # raised by iteration_config() with its own field path
         raise ConfigError(f"{path}: invalid config\n{err}") from None
-    return config.model_copy(update={"data": _resolve_data_paths(config.data, path)})
+    return config.model_copy(update={"data": _resolve_data_paths(config.data, path),
+                                     "runtime": _resolve_accelerate_config(config.runtime, path)})
 
 
 def _resolve_relative_paths(raw: dict, base: Path) -> None:
@@ -81,6 +89,16 @@ def _resolve_relative_paths(raw: dict, base: Path) -> None:
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("path"), str) and (base / model["path"]).is_dir():
         model["path"] = str((base / model["path"]).resolve())
+
+
+def _resolve_accelerate_config(runtime: RuntimeConfig, config_path: Path) -> RuntimeConfig:
+    # Relative to the config file like the data files; absolute, so the launch works from any directory.
+    if runtime.accelerate_config is None:
+        return runtime
+    resolved = (config_path.parent / runtime.accelerate_config).resolve()
+    if not resolved.is_file():
+        raise ConfigError(f"{config_path}: runtime.accelerate_config: file not found: {resolved}")
+    return runtime.model_copy(update={"accelerate_config": str(resolved)})
 
 
 def _resolve_data_paths(data: DataConfig, config_path: Path) -> DataConfig:

@@ -51,6 +51,18 @@ class TinyModelConfig(_Section):
         return self
 
 
+class LoraConfig(_Section):
+    """LoRA adapters (peft) trained instead of every weight, in SFT and DPO. The DPO reference is the
+    model with its adapters disabled (no second copy of the weights); each stage adds new adapters to
+    the merged previous model, so the reference stays exactly M_t (see `dpo/lora.py`)."""
+
+    enabled: bool = Field(False, description="train LoRA adapters instead of every weight (SFT and DPO); needs iteration.dpo.ref_ema_decay=1")
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: float = Field(16.0, gt=0, description="an adapter adds (alpha / r) * B A x")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: str | list[str] = Field("all-linear", description="'all-linear' (every linear layer but the output head) or module names, e.g. [q_proj, v_proj]")
+
+
 class ModelConfig(_Section):
     """`path` is a local `from_pretrained` directory; without it, a tiny model is built from `tiny`."""
 
@@ -58,6 +70,9 @@ class ModelConfig(_Section):
     tiny: TinyModelConfig = TinyModelConfig()
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on a GPU that has it, else fp32")
+    lora: LoraConfig = LoraConfig()
+    gradient_checkpointing: bool = Field(False, description="SFT/DPO recompute activations in the backward pass: less memory, ~1 more forward per step")
+    autocast: Literal["none", "bf16"] = Field("none", description="bf16: SFT/DPO forward passes under bf16 autocast; weights and optimizer state keep model.dtype")
 
 
 class DataConfig(_Section):
@@ -244,6 +259,25 @@ class RuntimeConfig(_Section):
     torch_threads: int | None = Field(
         None, ge=1, description="torch CPU threads per process; default: torch's choice (one per core)"
     )
+    accelerate_config: str | None = Field(None, description="accelerate config file for the training launches (FSDP, DeepSpeed: configs/accelerate/); runtime.* launch settings win over its own")
+    num_machines: int = Field(1, ge=1, description="machines of a training launch; num_processes counts the processes of all of them")
+    machine_rank: int = Field(0, ge=0, description="this machine's rank in a multi-machine launch (0: the main one)")
+    main_process_ip: str | None = Field(None, description="address of machine 0 (needed with num_machines > 1); one machine: 127.0.0.1")
+    main_process_port: int | None = Field(None, ge=1, le=65535, description="port on machine 0; default: a free port (one machine), 29500 (several)")
+
+    @model_validator(mode="after")
+    def _launch_settings_fit(self) -> "RuntimeConfig":
+        launch_only = [name for name, default in (("accelerate_config", None), ("num_machines", 1)) if getattr(self, name) != default]
+        if launch_only and self.launcher != "accelerate":
+            raise ValueError(f"{', '.join(launch_only)}: used by training launches only, set launcher: accelerate")
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"machine_rank ({self.machine_rank}) must be below num_machines ({self.num_machines})")
+        if self.num_machines > 1 and not self.main_process_ip:
+            raise ValueError("num_machines > 1 needs main_process_ip, the address machine 0 is reached at")
+        if self.num_processes % self.num_machines:
+            raise ValueError(f"num_processes ({self.num_processes}) counts all machines: it must be a multiple of "
+                             f"num_machines ({self.num_machines})")
+        return self
 
 
 class TrackingConfig(_Section):
@@ -287,6 +321,16 @@ class RunConfig(_Section):
                 raise ValueError(f"overrides has iteration {it}, but iterations is {self.iterations}")
         for it in range(1, self.iterations + 1):
             self.iteration_config(it)  # validates every merged iteration now, not mid-run
+        return self
+
+    @model_validator(mode="after")
+    def _lora_needs_a_frozen_reference(self) -> "RunConfig":
+        if self.model.lora.enabled:
+            for it in range(1, self.iterations + 1):
+                if self.iteration_config(it).dpo.ref_ema_decay != 1:
+                    field = "iteration" if self.iteration.dpo.ref_ema_decay != 1 else f"overrides.{it}"
+                    raise ValueError(f"{field}.dpo.ref_ema_decay must be 1 with model.lora.enabled: a LoRA policy's "
+                                     "reference is its base weights with the adapters disabled, which cannot follow an EMA")
         return self
 
     def iteration_config(self, iteration: int) -> IterationConfig:

@@ -18,10 +18,27 @@ def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
 
 
 def test_every_yaml_under_configs_loads():
-    run_configs = [p for p in (REPO / "configs").rglob("*.yaml") if "judges" not in p.parts]
+    run_configs = [p for p in (REPO / "configs").rglob("*.yaml") if not {"judges", "accelerate"} & set(p.parts)]
     assert run_configs, "configs/ has no run configs"
     for path in run_configs:
         assert isinstance(load_config(path), RunConfig)
+
+
+def test_example_accelerate_configs_are_valid_accelerate_files():
+    """accelerate's own loader rejects unknown keys; the DeepSpeed file names a JSON that exists."""
+    import json
+
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    kinds = {p.name: load_config_from_file(str(p)) for p in (REPO / "configs" / "accelerate").glob("*.yaml")}
+    assert kinds["fsdp.yaml"].distributed_type == DistributedType.FSDP
+    assert kinds["zero3.yaml"].distributed_type == DistributedType.DEEPSPEED
+    ds_file = REPO / kinds["zero3.yaml"].deepspeed_config["deepspeed_config_file"]  # relative to the repo root
+    assert json.loads(ds_file.read_text())["zero_optimization"]["stage"] == 3
+    # named relative to the run config (the embedded one lives in configs/), it resolves to the file
+    config = load_config(None, ["runtime.launcher=accelerate", "runtime.accelerate_config=accelerate/fsdp.yaml"])
+    assert config.runtime.accelerate_config == str(REPO / "configs" / "accelerate" / "fsdp.yaml")
 
 
 def test_embedded_default_is_the_demo():
@@ -125,6 +142,43 @@ def test_every_setting_of_the_ml_packages_is_reachable_from_its_config_section()
     assert config.iteration.dpo.to(dpo.LossSettings) == dpo.LossSettings(beta=0.3, ref_ema_decay=0.9, nll_weight=1.0)
     assert config.sft.to(dpo.OptimSettings).batch_size == 7
     assert config.iteration.judge.sampling.to(generation.SamplingParams, seed=5).seed == 5
+
+
+def test_lora_and_compute_settings_are_reachable_from_the_model_section():
+    import dataclasses
+
+    import dpo
+    from pipeline.config import LoraConfig, ModelConfig
+
+    for settings, section in [(dpo.LoraSettings, LoraConfig), (dpo.ComputeSettings, ModelConfig)]:
+        missing = {f.name for f in dataclasses.fields(settings)} - section.model_fields.keys()
+        assert not missing, f"{settings.__name__} fields without a {section.__name__} field: {missing}"
+    config = load_config(None, ["model.lora.enabled=true", "model.lora.r=4", "model.lora.target_modules=[q_proj, v_proj]",
+                                "model.gradient_checkpointing=true", "model.autocast=bf16"])
+    assert config.model.lora.to(dpo.LoraSettings) == dpo.LoraSettings(r=4, target_modules=("q_proj", "v_proj"))
+    assert config.model.to(dpo.ComputeSettings) == dpo.ComputeSettings(gradient_checkpointing=True, autocast="bf16")
+    assert load_config(None).model.lora.to(dpo.LoraSettings).enabled is False  # off by default
+
+
+@pytest.mark.parametrize("overrides", [["iteration.dpo.ref_ema_decay=0.9"], ["overrides.2.dpo.ref_ema_decay=0.5"]])
+def test_lora_refuses_an_ema_reference(overrides):
+    with pytest.raises(ConfigError, match=r"ref_ema_decay must be 1 with model.lora.enabled"):
+        load_config(None, ["model.lora.enabled=true", *overrides])
+    load_config(None, overrides)  # fine without LoRA
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["runtime.num_machines=2"], "set launcher: accelerate"),
+    (["runtime.accelerate_config=accelerate/fsdp.yaml"], "set launcher: accelerate"),
+    (["runtime.launcher=accelerate", "runtime.num_machines=2", "runtime.num_processes=2"], "needs main_process_ip"),
+    (["runtime.launcher=accelerate", "runtime.machine_rank=1"], "must be below num_machines"),
+    (["runtime.launcher=accelerate", "runtime.num_machines=2", "runtime.num_processes=3",
+      "runtime.main_process_ip=10.0.0.1"], "must be a multiple of num_machines"),
+    (["runtime.launcher=accelerate", "runtime.accelerate_config=missing.yaml"], "runtime.accelerate_config: file not found"),
+])
+def test_launch_settings_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
 
 
 def test_early_stopping_needs_held_out_pairs(tmp_path):
