@@ -266,7 +266,8 @@ def sampling_params(request: dict, prompts: list[list[int]], max_model_len: int)
         "detokenize": False,
     }
     max_new = int(request.get("max_new_tokens", 16))
-    return [SamplingParams(seed=seed + i * n, max_tokens=min(max_new, max_model_len - len(p)), **shared)
+    # Seeds stay below 2**63 (callers' seeds reach 2**63 - 1; torch takes up to 2**64 - 1 with vLLM's + j).
+    return [SamplingParams(seed=(seed + i * n) % 2**63, max_tokens=min(max_new, max_model_len - len(p)), **shared)
             for i, p in enumerate(prompts)]
 
 

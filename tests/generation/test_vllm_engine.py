@@ -161,6 +161,8 @@ def test_sampling_is_reproducible_and_independent_of_the_other_prompts(engine, t
         assert token_ids(generate(engine, tiny32.tokenizer, [prompts[i]], alone, num_samples=3)) == [first[i]]
     other_seed = SamplingParams(max_new_tokens=16, temperature=0.9, top_p=0.9, top_k=50, seed=8)
     assert token_ids(generate(engine, tiny32.tokenizer, prompts, other_seed, num_samples=3)) != first
+    largest = SamplingParams(max_new_tokens=4, temperature=0.9, seed=2**63 - 1)  # judging's chunk seeds reach it
+    assert len(generate(engine, tiny32.tokenizer, prompts, largest, num_samples=3)) == len(prompts)
 
 
 @requires_vllm
