@@ -249,11 +249,13 @@ def _check_request(request: dict, max_model_len: int) -> list[list[int]]:
     return prompts
 
 
-def sampling_params(request: dict, prompts: list[list[int]], max_model_len: int) -> list:
+def sampling_params(request: dict, prompts: list[list[int]], max_model_len: int, vocab_size: int) -> list:
     """One SamplingParams per prompt: its own seed and its own budget (the context caps new tokens)."""
     from vllm import SamplingParams
 
     n, seed = int(request.get("n", 1)), int(request.get("seed", 0))
+    # vLLM refuses stop ids outside the vocabulary; they can never be sampled, so dropping them changes nothing.
+    stops = [int(t) for t in request.get("stop_token_ids", []) if 0 <= int(t) < vocab_size]
     temperature = float(request.get("temperature", 0.0))
     greedy = temperature == 0.0
     shared = {
@@ -261,7 +263,7 @@ def sampling_params(request: dict, prompts: list[list[int]], max_model_len: int)
         "temperature": temperature,
         "top_p": 1.0 if greedy else float(request.get("top_p", 1.0)),
         "top_k": 0 if greedy else int(request.get("top_k", 0)),
-        "stop_token_ids": [int(t) for t in request.get("stop_token_ids", [])],
+        "stop_token_ids": stops,
         "ignore_eos": True,  # stop on the caller's ids only, never on an EOS vLLM would add
         "detokenize": False,
     }
@@ -277,7 +279,7 @@ def generate(llm, request: dict, max_model_len: int) -> dict:
 
     started = time.perf_counter()
     prompts = _check_request(request, max_model_len)
-    params = sampling_params(request, prompts, max_model_len)
+    params = sampling_params(request, prompts, max_model_len, llm.llm_engine.model_config.get_vocab_size())
     n, stop = int(request.get("n", 1)), {int(t) for t in request.get("stop_token_ids", [])}
     results = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
     outputs = []
@@ -290,6 +292,8 @@ def generate(llm, request: dict, max_model_len: int) -> dict:
 
 def serve(llm, max_model_len: int, requests, protocol) -> int:
     """Answer request lines until stdin ends; returns the exit code."""
+    from vllm.exceptions import VLLMClientError  # vLLM refused the request; the engine is fine
+
     for line in requests:
         if not line.strip():
             continue
@@ -297,7 +301,7 @@ def serve(llm, max_model_len: int, requests, protocol) -> int:
         try:
             request = json.loads(line)
             response = generate(llm, request, max_model_len)
-        except (ValueError, TypeError, AttributeError) as err:  # BadRequest, bad JSON, vLLM's validation
+        except (ValueError, TypeError, AttributeError, VLLMClientError) as err:  # BadRequest, bad JSON, ...
             response = {"id": request.get("id") if isinstance(request, dict) else None,
                         "error": f"request refused: {type(err).__name__}: {err}", "fatal": False}
         except Exception as err:  # noqa: BLE001 - the engine failed; report it and stop

@@ -173,6 +173,13 @@ def test_top_k_reaches_vllm(engine, tiny32, prompts):
 
 
 @requires_vllm
+def test_stop_ids_outside_the_vocabulary_never_stop_and_are_accepted(engine, tiny32, prompts):
+    # e.g. a benchmark's "no EOS" id; vLLM itself refuses such ids
+    outputs = generate(engine, EosView(tiny32.tokenizer, 10_000), prompts, SamplingParams(max_new_tokens=6))
+    assert all(len(c.token_ids) == 6 and not c.finished for row in outputs for c in row)
+
+
+@requires_vllm
 @pytest.mark.slow
 def test_a_head_size_vllm_cannot_run_is_named(tmp_path):
     tiny = build_tiny(tmp_path, tiny_corpus(), vocab_size=300, max_position_embeddings=64, hidden_size=64,
