@@ -162,7 +162,8 @@ class VllmEngine:
                 [str(self.python), "-I", str(WORKER), *self.worker_args, "--scratch-dir", self._scratch],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, encoding="utf-8",
             )
-        self._finalizer = weakref.finalize(self, _stop_process, self._process, 30.0, self._scratch)
+        own_log = self.log_file if self._own_log else None
+        self._finalizer = weakref.finalize(self, _stop_process, self._process, 30.0, self._scratch, own_log)
         line = self._read_line(self.start_timeout_s)
         message = _parse(line) if line else {}
         if message.get("event") != "ready":
@@ -170,10 +171,9 @@ class VllmEngine:
         self.ready = message
 
     def close(self) -> None:
-        """Stop the worker (it finishes at the end of its input); the engine can start again later."""
-        code = self._stop(wait_s=30.0)
-        if code == 0 and self._own_log and self.log_file is not None:
-            self.log_file.unlink(missing_ok=True)
+        """Stop the worker (it finishes at the end of its input); the engine can start again later.
+        A temporary log is removed when the worker ended cleanly."""
+        if self._stop(wait_s=30.0, remove_own_log=True) == 0 and self._own_log:
             self.log_file = None
 
     def __enter__(self) -> "VllmEngine":
@@ -182,13 +182,13 @@ class VllmEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _stop(self, wait_s: float) -> int | None:
+    def _stop(self, wait_s: float, remove_own_log: bool = False) -> int | None:
         """Stop the worker (see `_stop_process`); its exit code, None when none was started."""
-        process, scratch, self._process, self._scratch = self._process, self._scratch, None, None
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        return _stop_process(process, wait_s, scratch) if process is not None else None
+        finalizer, self._finalizer, self._process, self._scratch = self._finalizer, None, None, None
+        if finalizer is None or not finalizer.alive:
+            return None
+        _, _, (process, _, scratch, own_log), _ = finalizer.detach()
+        return _stop_process(process, wait_s, scratch, own_log if remove_own_log else None)
 
     # ------------------------------------------------------------ generation
 
@@ -293,9 +293,9 @@ def _parse(line: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _stop_process(process: subprocess.Popen, wait_s: float, scratch: str) -> int | None:
+def _stop_process(process: subprocess.Popen, wait_s: float, scratch: str, own_log: Path | None) -> int | None:
     """End a worker: close its input (it exits cleanly), kill it if it lingers, remove its scratch
-    folder; returns its exit code."""
+    folder and, after a clean exit, `own_log`; returns its exit code. Also the engine's finalizer."""
     if process.stdin is not None:
         try:
             process.stdin.close()
@@ -311,4 +311,6 @@ def _stop_process(process: subprocess.Popen, wait_s: float, scratch: str) -> int
     if process.stdout is not None:
         process.stdout.close()
     shutil.rmtree(scratch, ignore_errors=True)
+    if code == 0 and own_log is not None:
+        own_log.unlink(missing_ok=True)
     return code

@@ -1,6 +1,6 @@
 """A demo iteration with `engine.name: vllm` through the real flow: M_t's candidates and judgments
 and the new model's evaluation come from vLLM workers (the native decoding loop never runs), DPO
-trains on the resulting pairs, and no worker outlives the iteration.
+trains on the resulting pairs, and no worker (or its log) outlives the iteration.
 
 Needs `.venv-vllm` (`make vllm-env`; skipped without it outside CI). The tiny model has head size
 32 (hidden 64, 2 heads), which vLLM's CPU attention supports.
@@ -40,13 +40,14 @@ def test_an_iteration_samples_judges_and_evaluates_on_vllm(tmp_path, monkeypatch
     run_dir = tmp_path / config.run_name
     data = steps.data_step(config, run_dir)
     base = steps.base_model_step(config, run_dir, data)
-    calls, processes = [], []
+    calls, processes, logs = [], [], []
     generate_completions, start = VllmEngine.generate_completions, VllmEngine.start
 
     def recorded_start(self):  # runs before every call; a no-op while the worker is up
         start(self)
         if self._process not in processes:
             processes.append(self._process)
+            logs.append(self.log_file)
 
     def native_loop(*args, **kwargs):
         raise AssertionError("the native decoding loop ran with engine.name=vllm")
@@ -72,4 +73,5 @@ def test_an_iteration_samples_judges_and_evaluates_on_vllm(tmp_path, monkeypatch
     assert run.data.tags["selfreward.outcome"] == "completed" and run.data.metrics["pairs/pairs"] > 0
     assert "eval/gt_score" in run.data.metrics
     gc.collect()
-    assert len(processes) == 2 and all(p.poll() is not None for p in processes)
+    assert len(processes) == 2 and all(p.poll() == 0 for p in processes)  # released, and collected after eval
+    assert not any(log.exists() for log in logs)  # a clean stop removes the worker's temporary log
