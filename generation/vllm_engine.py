@@ -67,7 +67,7 @@ def check_vllm_python(python: str | os.PathLike) -> Path:
     if not path.is_file():
         raise EngineUnavailableError(
             f"the vLLM engine needs the vLLM virtualenv, but '{path}' does not exist: run `make vllm-env` "
-            f"in {PROJECT_DIR} (about 3 minutes, 2.5 GB) or point engine.python at a python that has vLLM"
+            f"in {PROJECT_DIR} (3-5 minutes, 2.5 GB) or point engine.python at a python that has vLLM"
         )
     return path
 
@@ -165,7 +165,7 @@ class VllmEngine:
         own_log = self.log_file if self._own_log else None
         self._finalizer = weakref.finalize(self, _stop_process, self._process, 30.0, self._scratch, own_log)
         line = self._read_line(self.start_timeout_s)
-        message = _parse(line) if line else {}
+        message = (_parse(line) if line else None) or {}  # {}: it ended, or wrote something else
         if message.get("event") != "ready":
             self._fail_start(message.get("message"))
         self.ready = message
