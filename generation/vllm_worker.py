@@ -274,7 +274,8 @@ def sampling_params(request: dict, prompts: list[list[int]], max_model_len: int,
 
 
 def generate(llm, request: dict, max_model_len: int) -> dict:
-    """The response line of one request (BadRequest before the engine runs; other errors are fatal)."""
+    """The response line of one request. `BadRequest` (raised before the engine runs) and vLLM's own
+    refusals leave the worker serving (see `serve`); any other error ends it."""
     from vllm.inputs import TokensPrompt
 
     started = time.perf_counter()
