@@ -72,15 +72,15 @@ class _NoEosTokenizer:
         return getattr(self._tokenizer, name)
 
 
-def build_demo_model(tmp: Path, config) -> tuple[Any, Any, list[str]]:
-    """The demo's tokenizer + tiny Llama (random init) and its seed prompts."""
+def build_demo_model(tmp: Path, config, num_seed_prompts: int = 200) -> tuple[Any, Any, list[str]]:
+    """The demo's tokenizer + tiny Llama (random init) and its seed prompts (a pool of `num_seed_prompts`)."""
     import json
 
     from pipeline import demo_task
     from pipeline.models import build_tiny_model, build_tokenizer, load_model_and_tokenizer
 
     tiny = config.model.tiny
-    paths = demo_task.write_seed_data(tmp / "data", seed=config.seed)
+    paths = demo_task.write_seed_data(tmp / "data", seed=config.seed, num_seed_prompts=num_seed_prompts)
     corpus = paths["tokenizer_corpus"].read_text(encoding="utf-8").splitlines()
     tokenizer = build_tokenizer(corpus, tmp / "tokenizer", vocab_size=tiny.vocab_size)
     model_dir = build_tiny_model(tokenizer, tmp / "model", hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,

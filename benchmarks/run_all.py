@@ -1,7 +1,7 @@
 """Run every benchmark (`make bench`), each in its own process, then print a one-screen summary.
 
-    python benchmarks/run_all.py            # full versions (~10 minutes on 2 shared CPU cores)
-    python benchmarks/run_all.py --quick    # smoke versions (~2 minutes)
+    python benchmarks/run_all.py            # full versions (~20 minutes on 2 shared CPU cores)
+    python benchmarks/run_all.py --quick    # smoke versions (~4 minutes)
     python benchmarks/run_all.py --only dpo,ceiling
 
 Each script prints its own tables and writes `benchmarks/results/<name>.json` (`<name>-quick.json`
@@ -20,7 +20,7 @@ from common import RESULTS_DIR, ROOT, format_table, load_average, machine_info, 
 
 HERE = Path(__file__).resolve().parent
 # Order: the cheap, self-contained ones first; the whole-flow run last.
-BENCHMARKS = ["dpo", "sampling", "ceiling", "memory", "lora", "iteration"]
+BENCHMARKS = ["dpo", "sampling", "ceiling", "memory", "lora", "engines", "iteration"]
 
 
 def _summary_lines(name: str, data: dict) -> list[list[str]]:
@@ -45,6 +45,14 @@ def _summary_lines(name: str, data: dict) -> list[list[str]]:
         return [[name, r["ratio"], f"RSS rise {r['rss_rise']:.2f}x (mmap {r['rss_rise_mmap']:.2f}x; target <= 0.6x), "
                  f"params+grads+AdamW {r['state_bytes']:.2f}x, tokens/s {r['tokens_per_s']:.2f}x"]
                 for r in data["ratios"]]
+    if name == "engines":
+        summary, estimate = data["summary"], data["iteration_estimate"]
+        return [[name, "vLLM / native speed", f"candidates {summary['candidates_speed_ratio_vllm_over_native']:.2f}x, "
+                 f"judge {summary['judge_speed_ratio_vllm_over_native']:.2f}x (paired "
+                 f"{summary['candidates_paired_ratio_median']:.2f}x / {summary['judge_paired_ratio_median']:.2f}x)"],
+                [name, "vLLM start", f"{data['vllm']['start_s']:.1f} s per model"],
+                [name, "generation per iteration", f"native {estimate['native_s']:.1f} s, vLLM {estimate['vllm_s']:.1f} s "
+                 "(two starts)"]]
     if name == "iteration":
         return [[name, "iteration 1 wall", f"{data['iteration_wall_s']:.1f} s, orchestration + tracking "
                  f"{data['iteration_overhead_share']:.1%}"]] + [

@@ -1,5 +1,6 @@
-"""Sampling from Hugging Face causal LMs: chat prompts, batched KV-cached decoding, self-instruct
-prompts, and the prompts and candidates files of the loop's first two steps."""
+"""Sampling from Hugging Face causal LMs: chat prompts, batched KV-cached decoding (or vLLM in its
+own virtualenv, `VllmEngine`), self-instruct prompts, and the prompts and candidates files of the
+loop's first two steps."""
 
 from generation.candidates import (
     CANDIDATES_FILE,
@@ -10,7 +11,14 @@ from generation.candidates import (
     sample_candidates,
 )
 from generation.chat import encode_chat_prompt, render_chat_prompt
-from generation.decoding import Completion, PromptError, common_prefix_len, generate, prompt_budget
+from generation.decoding import (
+    Completion,
+    GenerationEngine,
+    PromptError,
+    common_prefix_len,
+    generate,
+    prompt_budget,
+)
 from generation.filters import PromptFilter, PromptPool, RejectReason, lcs_length, rouge_l
 from generation.jsonl import iter_jsonl, write_jsonl
 from generation.next_token import SamplingParams, SamplingParamsError, sample_next_tokens
@@ -28,6 +36,7 @@ from generation.prompts import (
     write_prompt_file,
 )
 from generation.stats import GenerationStats
+from generation.vllm_engine import EngineUnavailableError, VllmEngine, VllmEngineError, check_vllm_python
 
 __all__ = [
     "CANDIDATES_FILE",
@@ -35,6 +44,8 @@ __all__ = [
     "PROMPTS_FILE",
     "CandidatesSummary",
     "Completion",
+    "EngineUnavailableError",
+    "GenerationEngine",
     "GeneratedPrompts",
     "GenerationStats",
     "PromptCandidates",
@@ -45,7 +56,10 @@ __all__ = [
     "RejectReason",
     "SamplingParams",
     "SamplingParamsError",
+    "VllmEngine",
+    "VllmEngineError",
     "build_fewshot_prompt",
+    "check_vllm_python",
     "common_prefix_len",
     "distinct_share",
     "encode_chat_prompt",

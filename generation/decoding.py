@@ -14,7 +14,7 @@ import inspect
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from transformers import DynamicCache
@@ -47,6 +47,26 @@ class Completion:
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> "Completion":
         return cls(token_ids=list(row["token_ids"]), text=row["text"], finished=bool(row["finished"]))
+
+
+@runtime_checkable
+class GenerationEngine(Protocol):
+    """A generation backend that `generate` hands its calls to instead of decoding itself (e.g.
+    `VllmEngine`, which runs vLLM in another process). Besides this method it has `config`, the
+    model's Hugging Face config, which prompt budgets and context checks read."""
+
+    def generate_completions(
+        self,
+        tokenizer: Any,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        num_samples: int = 1,
+        stats: GenerationStats | None = None,
+        *,
+        shared_prefix_len: int | None = None,
+    ) -> list[list[Completion]]:
+        """Same arguments and result as `generate`."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -259,8 +279,14 @@ def prompt_budget(model: Any, max_new_tokens: int) -> int | None:
 
 def _validate_prompts(model: Any, prompts: Sequence[Sequence[int]]) -> int | None:
     """Check prompts are non-empty, in-vocabulary and fit the context; returns the context size."""
-    vocab = model.get_input_embeddings().num_embeddings
     context = getattr(model.config, "max_position_embeddings", None)
+    check_prompts(prompts, model.get_input_embeddings().num_embeddings, context)
+    return context
+
+
+def check_prompts(prompts: Sequence[Sequence[int]], vocab: int, context: int | None) -> None:
+    """Raise `PromptError` for an empty prompt, an id outside [0, vocab) or a prompt that leaves no
+    room for a new token in `context` (None: no limit)."""
     for i, prompt in enumerate(prompts):
         if len(prompt) == 0:
             raise PromptError(f"prompt {i} is empty; generate needs at least one prompt token")
@@ -271,10 +297,9 @@ def _validate_prompts(model: Any, prompts: Sequence[Sequence[int]]) -> int | Non
                 f"prompt {i} has {len(prompt)} tokens; the model's context (max_position_embeddings) is "
                 f"{context}, so at most {context - 1} prompt tokens leave room for a new token"
             )
-    return context
 
 
-def _stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+def stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     """EOS ids of the tokenizer and of the model's generation config (chat models may list several)."""
     ids: set[int] = set()
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -299,7 +324,7 @@ def _eval_mode(model: Any) -> Iterator[None]:
         model.train(was_training)
 
 
-def _resolve_prefix_len(prompts: Sequence[Sequence[int]], shared_prefix_len: int | None) -> int:
+def resolve_prefix_len(prompts: Sequence[Sequence[int]], shared_prefix_len: int | None) -> int:
     """Usable shared-prefix length: checked against the prompts, leaving >= 1 own token per prompt."""
     if not shared_prefix_len:
         return 0
@@ -325,7 +350,8 @@ def generate(
     """Sample `num_samples` completions for each prompt with a batched, KV-cached decoding loop.
 
     Args:
-        model: A Hugging Face causal LM (e.g. `LlamaForCausalLM`).
+        model: A Hugging Face causal LM (e.g. `LlamaForCausalLM`), or a `GenerationEngine` (e.g.
+            `VllmEngine`), which then does the work with the same arguments and result.
         tokenizer: Its tokenizer, with `eos_token_id` (and preferably `pad_token_id`) set.
         prompts: Prompt token ids, e.g. from `encode_chat_prompt`.
         params: Sampling settings; `max_new_tokens` counts new tokens only.
@@ -337,6 +363,9 @@ def generate(
     Returns:
         One list of `num_samples` completions per prompt, in input order, without the prompt.
     """
+    if isinstance(model, GenerationEngine):
+        return model.generate_completions(tokenizer, prompts, params, num_samples, stats,
+                                          shared_prefix_len=shared_prefix_len)
     if num_samples < 1:
         raise PromptError(f"num_samples={num_samples} is invalid; expected an integer >= 1")
     started = time.perf_counter()
@@ -345,7 +374,7 @@ def generate(
             stats.record(prompts=0, sequences=0, new_tokens=0, seconds=time.perf_counter() - started)
         return []
     context = _validate_prompts(model, prompts)
-    prefix_len = _resolve_prefix_len(prompts, shared_prefix_len)
+    prefix_len = resolve_prefix_len(prompts, shared_prefix_len)
     device = model.get_input_embeddings().weight.device
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
     budgets = [  # one per sequence: prompt-major, sample-minor
@@ -353,7 +382,7 @@ def generate(
         for p in prompts
         for _ in range(num_samples)
     ]
-    outputs = _Outputs([[] for _ in budgets], [False] * len(budgets), budgets, _stop_token_ids(model, tokenizer))
+    outputs = _Outputs([[] for _ in budgets], [False] * len(budgets), budgets, stop_token_ids(model, tokenizer))
     call = _ModelCall.for_model(model)
     generator = torch.Generator(device=device).manual_seed(params.seed)
     with torch.inference_mode(), _eval_mode(model):

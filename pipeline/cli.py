@@ -28,13 +28,13 @@ EXIT_FAILED = 1
 def _user_errors() -> tuple[type[Exception], ...]:
     """Exception types that mean 'bad input', each defined by the package that checks it."""
     from dpo import PreferenceDataError
-    from generation import PromptFileError
+    from generation import EngineUnavailableError, PromptFileError
     from judging import RewardFunctionError, TemplateError
     from pipeline.models import ModelLoadError
     from pipeline.runlock import RunLockedError
 
     return (ConfigError, PreferenceDataError, PromptFileError, RewardFunctionError, TemplateError, ModelLoadError,
-            RunLockedError)
+            RunLockedError, EngineUnavailableError)
 
 
 def _run_failures() -> tuple[type[Exception], ...]:

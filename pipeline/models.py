@@ -23,6 +23,8 @@ from transformers import (
 )
 
 from dpo import publish_dir, temp_sibling
+from generation import VllmEngine
+from pipeline.config import EngineConfig
 
 
 class ModelLoadError(ValueError):
@@ -316,21 +318,46 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
+def load_vllm_engine(
+    path: str | os.PathLike, engine: EngineConfig, dtype: str = "auto", threads: int | None = None
+) -> tuple[VllmEngine, PreTrainedTokenizerBase]:
+    """A `VllmEngine` on a local model directory (its worker starts on first use) and our tokenizer.
+
+    Args:
+        path: Local model directory (checked as `load_model_and_tokenizer` checks it).
+        engine: The `engine` config section (interpreter, dtype, parallelism, memory).
+        dtype: `model.dtype`, used when `engine.dtype` is "auto".
+        threads: CPU threads of the worker (`runtime.torch_threads`; None: cores - 1).
+    """
+    model_dir = Path(path)
+    _check_model_dir(model_dir)
+    tokenizer = _load_tokenizer(model_dir)
+    model = VllmEngine(model_dir, python=engine.python, dtype=dtype if engine.dtype == "auto" else engine.dtype,
+                       tensor_parallel_size=engine.tensor_parallel_size,
+                       gpu_memory_utilization=engine.gpu_memory_utilization,
+                       cpu_kv_cache_gib=engine.cpu_kv_cache_gib, cpu_threads=threads)
+    return model, tokenizer
+
+
 class InferenceModel:
     """A model that steps only read (sampling, judging, evaluation), loaded on first use and shared.
 
     The flow makes one per model it generates with and hands it to each of those steps, so M_t is
-    loaded once per iteration; `release()` drops it before training needs the memory.
+    loaded once per iteration; `release()` drops it before training needs the memory. With
+    `engine.name: vllm` the "model" is a `VllmEngine` (one worker process for all those steps),
+    which `generation.generate` hands its calls to; `release()` stops the worker.
     """
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32") -> None:
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32",
+                 engine: EngineConfig | None = None, threads: int | None = None) -> None:
         self.path, self.device, self.dtype = Path(path), device, dtype
+        self.engine, self.threads = engine or EngineConfig(), threads
         self._loaded: tuple[Any, PreTrainedTokenizerBase] | None = None
 
     def get(self) -> tuple[Any, PreTrainedTokenizerBase]:
-        """(model in eval mode, tokenizer), loading them on the first call."""
+        """(model in eval mode or engine, tokenizer), loading them on the first call."""
         if self._loaded is None:
-            self._loaded = load_model_and_tokenizer(self.path, device=self.device, dtype=self.dtype)
+            self._loaded = _LOADERS[self.engine.name](self)
         return self._loaded
 
     @property
@@ -339,5 +366,14 @@ class InferenceModel:
         return self._loaded is not None
 
     def release(self) -> None:
-        """Forget the loaded model (the next `get` loads it again)."""
+        """Forget the loaded model, stopping an engine's worker (the next `get` loads it again)."""
+        if self._loaded is not None and isinstance(self._loaded[0], VllmEngine):
+            self._loaded[0].close()
         self._loaded = None
+
+
+# How `InferenceModel.get` loads, by `engine.name`.
+_LOADERS = {
+    "native": lambda m: load_model_and_tokenizer(m.path, device=m.device, dtype=m.dtype),
+    "vllm": lambda m: load_vllm_engine(m.path, m.engine, dtype=m.dtype, threads=m.threads),
+}

@@ -1,15 +1,19 @@
-"""Check a run's inputs before anything starts: data files, judge templates, reward functions, model.
+"""Check a run's inputs before anything starts: data files, judge templates, reward functions, model,
+and the vLLM environment when `engine.name` is vllm.
 
 `check_inputs` runs right after the config is loaded (the CLI calls it before Prefect starts, the
 flow again for callers of the Python API), so a mistake in an input file fails in about a second
 with one message naming the config field, the file and the line, instead of minutes into a run.
 Each problem raises the error class of the package that owns the format (`PromptFileError`,
-`TemplateError`, `RewardFunctionError`, `ModelLoadError`); the CLI turns them into exit code 2.
+`TemplateError`, `RewardFunctionError`, `ModelLoadError`, `EngineUnavailableError`); the CLI turns
+them into exit code 2.
 """
 
+import json
 from pathlib import Path
 
-from generation import PromptFileError, read_prompts
+from generation import EngineUnavailableError, PromptFileError, check_vllm_python, read_prompts
+from generation.vllm_engine import CPU_HEAD_DIMS
 from judging import RewardFunctionError, TemplateError, load_reward_fn, load_template
 from pipeline.config import RunConfig
 from pipeline.models import ModelLoadError, check_model_dir
@@ -37,6 +41,8 @@ def check_inputs(config: RunConfig) -> None:
         RewardFunctionError: a `reward_fn` cannot be imported.
         ModelLoadError: `model.path` is not a usable model directory (no config, no safetensors
             weights, no tokenizer or no EOS token).
+        EngineUnavailableError: `engine.name` is vllm but its virtualenv is missing, or the model's
+            head size is one vLLM's CPU attention does not support (on a machine without CUDA).
     """
     for name, fields in DATA_FIELDS.items():
         path = getattr(config.data, name)
@@ -57,6 +63,39 @@ def check_inputs(config: RunConfig) -> None:
             check_model_dir(config.model.path)
         except ModelLoadError as err:
             raise ModelLoadError(f"model.path: {err}") from None
+    if config.engine.name == "vllm":
+        _check_vllm(config)
+
+
+def _check_vllm(config: RunConfig) -> None:
+    import torch
+
+    try:
+        check_vllm_python(config.engine.python)
+    except EngineUnavailableError as err:
+        raise EngineUnavailableError(f"engine.python: {err}") from None
+    size, source = _head_dim(config)
+    if size is not None and size not in CPU_HEAD_DIMS and not torch.cuda.is_available():
+        raise EngineUnavailableError(
+            f"engine.name: vllm: the model's attention head size is {size} ({source}), but vLLM's CPU "
+            f"attention supports only {', '.join(map(str, CPU_HEAD_DIMS))} (e.g. model.tiny.num_heads=2 "
+            "with hidden_size 64), or use engine.name: native"
+        )
+
+
+def _head_dim(config: RunConfig) -> tuple[int | None, str]:
+    """The model's attention head size and where it comes from."""
+    if config.model.path is None:
+        tiny = config.model.tiny
+        return tiny.hidden_size // tiny.num_heads, "model.tiny.hidden_size / model.tiny.num_heads"
+    path = Path(config.model.path) / "config.json"
+    try:
+        model = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, str(path)  # the model loader reports it
+    model = model.get("text_config", model)
+    heads, hidden = model.get("num_attention_heads"), model.get("hidden_size")
+    return model.get("head_dim") or (hidden // heads if heads and hidden else None), str(path)
 
 
 def _judge_sections(config: RunConfig) -> dict:

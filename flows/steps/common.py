@@ -11,7 +11,8 @@ from pipeline.models import InferenceModel, load_model_and_tokenizer
 
 def inference_model(config: RunConfig, record: StepRecord) -> InferenceModel:
     """The model of `record` for the steps that only read it, loaded when one first needs it."""
-    return InferenceModel(model_dir(record), device=config.model.device, dtype=config.model.dtype)
+    return InferenceModel(model_dir(record), device=config.model.device, dtype=config.model.dtype,
+                          engine=config.engine, threads=config.runtime.torch_threads)
 
 
 ADAPTER_DIR = "adapter"  # a LoRA stage's adapters (peft format), beside the merged MODEL_DIR

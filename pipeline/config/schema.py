@@ -2,9 +2,9 @@
 
 Sections follow the loop's steps: `model`, `data`, `sft`, then `iteration` (the settings every
 iteration uses) and `overrides` (per-iteration changes, as a list or a mapping by iteration number),
-plus `eval`, `runtime` and `tracking`. Defaults live here, once; a YAML file holds only what it
-changes. Field names equal the argument names of the ML packages' settings objects, so a section
-becomes one with `section.to(SettingsClass)`.
+plus `eval`, `runtime`, `tracking` and `engine`. Defaults live here, once; a YAML file holds only
+what it changes. Field names equal the argument names of the ML packages' settings objects, so a
+section becomes one with `section.to(SettingsClass)`.
 
 This module imports no torch or mlflow, so a bad config fails in well under a second.
 """
@@ -291,6 +291,22 @@ class TrackingConfig(_Section):
     )
 
 
+class EngineConfig(_Section):
+    """What samples, judges and evaluates: our own decoding loop, or vLLM in its own virtualenv.
+
+    On 2 CPU cores the native loop wins a demo iteration (benchmarks/bench_engines.py: vLLM's
+    ~15 s start per model outweighs its faster judging); vLLM's CPU attention also needs a head
+    size of 32, 64, 80, ... (the demo's tiny model has 16).
+    """
+
+    name: Literal["native", "vllm"] = Field("native", description="native: our batched KV-cached loop; vllm: vLLM in `python`'s virtualenv (`make vllm-env`)")
+    python: str = Field(".venv-vllm/bin/python", description="vllm: the vLLM virtualenv's python; relative to the project directory")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs one model is split over")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm on GPU: share of GPU memory it may take")
+    cpu_kv_cache_gib: float = Field(1.0, gt=0, description="vllm on CPU: KV-cache size (GiB)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="vllm: auto = model.dtype (float32 on CPU)")
+
+
 class RunConfig(_Section):
     run_name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="folder and MLflow name; same name + config resumes")
     seed: int = Field(0, description="seeds every step (data, init, sampling, training order)")
@@ -305,6 +321,7 @@ class RunConfig(_Section):
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     tracking: TrackingConfig = TrackingConfig()
+    engine: EngineConfig = EngineConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 import json
 import random
+import sys
 import time
 
 import numpy as np
@@ -9,9 +10,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from generation import SamplingParams, encode_chat_prompt, generate
+from generation import SamplingParams, VllmEngine, encode_chat_prompt, generate
+from pipeline.config import EngineConfig
 from pipeline.models import (
     DeviceError,
+    InferenceModel,
     ModelLoadError,
     build_tiny_model,
     build_tokenizer,
@@ -251,3 +254,19 @@ def test_set_torch_threads_sizes_the_pool_and_none_keeps_it():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_inference_model_on_the_vllm_engine_gives_an_engine_and_release_stops_it(built, monkeypatch):
+    _, _, path = built
+    closed = []
+    monkeypatch.setattr(VllmEngine, "close", lambda self: closed.append(self))
+    loaded = InferenceModel(path, dtype="float32", engine=EngineConfig(name="vllm", python=sys.executable), threads=1)
+
+    engine, tokenizer = loaded.get()
+
+    assert isinstance(engine, VllmEngine) and not engine.running  # the worker starts on first use
+    assert engine.model_dir == path.absolute() and tokenizer.eos_token_id is not None
+    assert engine.worker_args[engine.worker_args.index("--dtype") + 1] == "float32"  # engine.dtype auto: model's
+    assert engine.config.max_position_embeddings == TINY["max_position_embeddings"]
+    loaded.release()
+    assert closed == [engine] and not loaded.loaded

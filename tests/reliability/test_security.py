@@ -15,7 +15,7 @@ from tests._tiny import build_tiny
 from tests.reliability.helpers import REPO
 
 PACKAGES = ["pipeline", "dpo", "generation", "judging", "flows", "benchmarks"]
-SKIP_PARTS = {".venv", "build", "__pycache__", ".git", "selfreward.egg-info", "runs"}
+SKIP_PARTS = {".venv", ".venv-vllm", "build", "__pycache__", ".git", "selfreward.egg-info", "runs"}
 THIS = Path(__file__).resolve()
 # (what, regex): any match in a Python file is a finding.
 FORBIDDEN = [
