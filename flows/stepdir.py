@@ -124,12 +124,18 @@ def _hash_tree(root: Path) -> dict[str, str]:
 
 
 def finished(path: Path, step_fingerprint: str) -> StepRecord | None:
-    """The record of a finished step at `path` with this fingerprint, else None."""
+    """The record of a finished step at `path` with this fingerprint, else None.
+
+    The record points at `path` as it is now: the manifest keeps the absolute path it was written
+    at, and an output folder moved since must not lead the run back into the old location.
+    """
     try:
         record = StepRecord.model_validate_json((path / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    return record if record.fingerprint == step_fingerprint else None
+    if record.fingerprint != step_fingerprint:
+        return None
+    return record.model_copy(update={"path": str(path.resolve())})
 
 
 def _is_disk_full(err: BaseException) -> bool:

@@ -4,10 +4,12 @@
     selfreward compare [RUN_NAME] [--output DIR] [--json]
     selfreward ui [--output DIR] [--port PORT]
 
-A mistake in the input (config, data, model directory, judge template) or a run directory that
-another run holds prints one clear message and exits with code 2; nothing is written. A run that
-fails for another known reason (MLflow unreachable, disk full, non-finite loss) prints its message
-and exits with code 1; running the same command again resumes it.
+A mistake in the input (config, data, model directory, judge template, `--output`) or a run directory
+that another run holds prints one clear message and exits with code 2; nothing is written. So does a
+resume whose input files changed under a trained stage, or whose run name belongs to another run on
+the tracking server. A run that fails for another known reason (MLflow unreachable, disk full,
+non-finite loss) prints its message and exits with code 1; running the same command again resumes
+it.
 """
 
 import argparse
@@ -30,11 +32,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from dpo import PreferenceDataError
     from generation import PromptFileError
     from judging import RewardFunctionError, TemplateError
+    from pipeline.inputs import InputChangedError
     from pipeline.models import ModelLoadError
+    from pipeline.rundir import RunDirError
     from pipeline.runlock import RunLockedError
+    from pipeline.tracking import RunIdentityError
 
     return (ConfigError, PreferenceDataError, PromptFileError, RewardFunctionError, TemplateError, ModelLoadError,
-            RunLockedError)
+            RunLockedError, RunDirError, RunIdentityError, InputChangedError)
 
 
 def _run_failures() -> tuple[type[Exception], ...]:
@@ -53,11 +58,14 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.preflight import check_inputs
+    from pipeline.rundir import check_output_dir, check_run_name
     from pipeline.runlock import run_lock
 
     config = load_config(args.config, args.overrides)  # fails fast, before the heavy imports
     check_inputs(config)  # data files, judge templates, reward functions, model directory
     output = Path(args.output).resolve()
+    check_output_dir(output)
+    check_run_name(output, config.run_name)
     with run_lock(output / config.run_name):  # before Prefect starts: a second run is refused at once
         return _run(config, output)
 

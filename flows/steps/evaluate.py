@@ -7,6 +7,7 @@ from flows.stepdir import StepRecord, fingerprint, run_step
 from flows.steps.common import inference_model
 from pipeline.config import RunConfig
 from pipeline.evaluation import evaluate_model
+from pipeline.inputs import judge_digests
 
 
 def eval_step(config: RunConfig, stage: str, run_dir: Path, model: StepRecord, data: StepRecord) -> StepRecord:
@@ -17,5 +18,6 @@ def eval_step(config: RunConfig, stage: str, run_dir: Path, model: StepRecord, d
         generation.write_jsonl(tmp / "samples.jsonl", samples)
         return metrics
 
-    step_fp = fingerprint("eval", config.eval.model_dump(), config.iteration.judge.model_dump(), model.fingerprint, data.fingerprint)
+    step_fp = fingerprint("eval", config.eval.model_dump(), config.iteration.judge.model_dump(), model.fingerprint, data.fingerprint,
+                          *judge_digests(config.iteration.judge))
     return run_step("eval", run_dir / stage / "eval", step_fp, build)
