@@ -9,11 +9,13 @@ that another run holds prints one clear message and exits with code 2; nothing i
 resume whose input files changed under a trained stage, or whose run name belongs to another run on
 the tracking server. A run that fails for another known reason (MLflow unreachable, disk full,
 non-finite loss) prints its message and exits with code 1; running the same command again resumes
-it.
+it. Prefect logs these known errors in one line each, without their tracebacks: the message printed
+last is the whole story.
 """
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -70,6 +72,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run(config, output)
 
 
+class _KnownErrorTracebacks(logging.Filter):
+    """Drop the traceback from a log record about an error whose message says everything (the
+    errors `main` prints itself); the record's one-line message stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and isinstance(error, _user_errors() + _run_failures()):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_known_errors() -> None:
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
+        known = logging.getLogger(name)
+        if not any(isinstance(f, _KnownErrorTracebacks) for f in known.filters):
+            known.addFilter(_KnownErrorTracebacks())
+    # The Tracker logs one line per failed attempt; urllib3 would add one per internal HTTP retry.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
 def _run(config, output: Path) -> int:
     if "PREFECT_API_URL" not in os.environ:
         # Ephemeral Prefect keeps its database with the run, so `selfreward ui` can show it later.
@@ -78,6 +100,7 @@ def _run(config, output: Path) -> int:
     from flows import self_rewarding_flow
     from pipeline.report import format_table
 
+    _quiet_known_errors()
     result = self_rewarding_flow(config, output_dir=str(output))
     print(f"\n{format_table(result['rows'])}\n")
     print(f"run folder: {result['run_dir']}")

@@ -11,7 +11,10 @@ in other threads.
 A tracking server that goes away is retried with exponential back-off (`retries`, bounded); every
 public method is idempotent (find-or-create, skip what is already logged), so retrying a whole
 method never duplicates a run, a param, a metric row or a model version. When the server stays
-away, `TrackingUnavailableError` names the tracking URI.
+away, `TrackingUnavailableError` names the tracking URI. One outage spends one retry budget per
+process: once a store is declared unreachable, every later call to it in the process (the last
+curve points, marking runs failed, other Trackers) fails at once until a call gets through, so a run
+stops `retries` back-offs after the store went away, not a multiple of that.
 """
 
 import functools
@@ -83,19 +86,27 @@ def _describe(err: BaseException) -> str:
     return text[:200]
 
 
+# Tracking URI -> the message that declared it unreachable in this process (see the module docstring).
+_UNREACHABLE: dict[str, str] = {}
+
+
 def _retrying(method: Callable) -> Callable:
     """Retry a Tracker method on connection errors with exponential back-off; only the outermost
-    call of nested Tracker methods retries, so waits never multiply."""
+    call of nested Tracker methods retries, so waits never multiply, and a store already declared
+    unreachable gets one attempt."""
 
     @functools.wraps(method)
     def wrapper(self: "Tracker", *args: Any, **kwargs: Any) -> Any:
         if getattr(self._local, "depth", 0):
             return method(self, *args, **kwargs)
         start, delay = time.monotonic(), self.retry_backoff_seconds
-        for attempt in range(self.retries + 1):
+        retries = 0 if self.tracking_uri in _UNREACHABLE else self.retries
+        for attempt in range(retries + 1):
             self._local.depth = 1
             try:
-                return method(self, *args, **kwargs)
+                result = method(self, *args, **kwargs)
+                _UNREACHABLE.pop(self.tracking_uri, None)
+                return result
             except Exception as err:
                 if not _is_transient(err):
                     raise
@@ -104,17 +115,18 @@ def _retrying(method: Callable) -> Callable:
                 self._local.depth = 0
             self._last_step.clear()  # a batch may or may not have landed: ask the store again
             self._known_keys.clear()
-            if attempt < self.retries:
+            if attempt < retries:
                 logger.warning("MLflow %s: %s failed (%s); retry %d/%d in %.1f s", self.tracking_uri,
-                               method.__name__.lstrip("_"), _describe(last), attempt + 1, self.retries, delay)
+                               method.__name__.lstrip("_"), _describe(last), attempt + 1, retries, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF_SECONDS)
-        raise TrackingUnavailableError(
-            f"MLflow tracking store {self.tracking_uri} is unreachable ({self.retries + 1} attempts over "
+        message = _UNREACHABLE.get(self.tracking_uri) or (
+            f"MLflow tracking store {self.tracking_uri} is unreachable ({retries + 1} attempts over "
             f"{time.monotonic() - start:.0f} s; last error: {_describe(last)}). Start the tracking server again "
             f"(or fix MLFLOW_TRACKING_URI) and run the same command: the run resumes where it stopped and "
-            f"nothing is logged twice"
-        ) from last
+            f"nothing is logged twice")
+        _UNREACHABLE[self.tracking_uri] = message
+        raise TrackingUnavailableError(message) from last
 
     return wrapper
 
@@ -441,7 +453,10 @@ class Tracker:
 
     def fail(self, run_id: str, reason: str) -> None:
         """Mark a run FAILED with `selfreward.outcome = failed: <reason>`, once, without retries: the
-        run is already failing, possibly because the store is what went away."""
+        run is already failing, possibly because the store is what went away (then not at all)."""
+        if self.tracking_uri in _UNREACHABLE:
+            logger.warning("MLflow run %s not marked as failed: the store is unreachable", run_id)
+            return
         try:
             self.client.log_batch(run_id, tags=[RunTag(TAG_OUTCOME, f"failed: {reason}"[:_TAG_MAX_CHARS])])
             self.client.set_terminated(run_id, status="FAILED")
