@@ -22,6 +22,7 @@ from accelerate import PartialState
 from flows import steps
 from flows.stepdir import StepRecord, launch_rank
 from pipeline.config import RunConfig
+from pipeline.lifeline import die_with_launcher, launcher_env
 from pipeline.models import select_device, set_torch_threads
 from pipeline.tracking import Tracker
 
@@ -56,8 +57,8 @@ def _launch(step: Callable[..., StepRecord], config: RunConfig, run_dir: Path, c
             "curves": curves, "inputs": {k: v.model_dump() if isinstance(v, StepRecord) else v for k, v in inputs.items()}}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
-    try:
-        subprocess.run(_launch_command(config, f.name), check=True)
+    try:  # the agent and its ranks die with this process and never publish once it is gone
+        subprocess.run(_launch_command(config, f.name), check=True, env={**os.environ, **launcher_env(run_dir)})
     finally:
         os.unlink(f.name)
     # The subprocess published the step folder; running the step again reads its record back.
@@ -76,12 +77,14 @@ def _train_here(step: Callable[..., StepRecord], config: RunConfig, run_dir: Pat
 
 def _launch_command(config: RunConfig, spec_path: str) -> list[str]:
     n = config.runtime.num_processes
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n),
+    # `pipeline.agent` is `accelerate launch` with the rendezvous store bound to the loopback address.
+    command = [sys.executable, "-m", "pipeline.agent", "--num_processes", str(n),
                "--num_machines", "1", "--dynamo_backend", "no"]
     if n > 1:
         # `--multi_gpu` starts n torchrun workers; on a CPU-only run each rank then picks gloo
-        # (accelerate's `--cpu` with n > 1 expects mpirun and would start one process).
-        command += ["--multi_gpu", "--main_process_port", str(_free_port())]
+        # (accelerate's `--cpu` with n > 1 expects mpirun and would start one process). One machine:
+        # every rendezvous socket stays on loopback.
+        command += ["--multi_gpu", "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port())]
     elif select_device(config.model.device).type == "cpu":
         command.append("--cpu")
     return command + ["-m", "flows.launch", spec_path]
@@ -95,6 +98,7 @@ def _free_port() -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of one `accelerate launch` rank: `python -m flows.launch SPEC.json`."""
+    die_with_launcher()
     spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     config = RunConfig.model_validate(spec["config"])
     set_torch_threads(config.runtime.torch_threads)

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from dpo.files import publish_dir, write_json_atomic
+from pipeline.lifeline import check_launcher_alive
 
 MANIFEST = "manifest.json"
 MODEL_DIR = "model"  # the `from_pretrained` folder inside a model-producing step's folder
@@ -190,5 +191,6 @@ def run_step(step: str, path: Path, step_fingerprint: str, build: Callable[[Path
             f"one restarts"
         ) from err
     pause_point(f"{path.parent.name}/{step}", path.parent)
+    check_launcher_alive()  # a launched rank whose run is gone must not publish into the run folder
     publish_dir(tmp, path)
     return record
