@@ -22,6 +22,7 @@ from accelerate import PartialState
 from flows import steps
 from flows.stepdir import StepRecord, launch_rank
 from pipeline.config import RunConfig
+from pipeline.lifeline import die_with_launcher, launcher_env
 from pipeline.models import select_device, set_torch_threads
 from pipeline.tracking import Tracker
 
@@ -58,8 +59,8 @@ def _launch(step: Callable[..., StepRecord], config: RunConfig, run_dir: Path, c
             "curves": curves, "inputs": {k: v.model_dump() if isinstance(v, StepRecord) else v for k, v in inputs.items()}}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
-    try:
-        subprocess.run(_launch_command(config, f.name), check=True)
+    try:  # the agent and its ranks die with this process and never publish once it is gone
+        subprocess.run(_launch_command(config, f.name), check=True, env={**os.environ, **launcher_env(run_dir)})
     finally:
         os.unlink(f.name)
     # The subprocess published the step folder; running the step again reads its record back.
@@ -86,7 +87,8 @@ def _launch_command(config: RunConfig, spec_path: str) -> list[str]:
     """
     runtime = config.runtime
     n, machines = runtime.num_processes, runtime.num_machines
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n),
+    # `pipeline.agent` is `accelerate launch` with a loopback rendezvous store binding only loopback.
+    command = [sys.executable, "-m", "pipeline.agent", "--num_processes", str(n),
                "--num_machines", str(machines)]
     if runtime.accelerate_config is not None:
         # No --multi_gpu / --cpu: either flag would replace the file's distributed type.
@@ -120,6 +122,7 @@ def _free_port() -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of one `accelerate launch` rank: `python -m flows.launch SPEC.json`."""
+    die_with_launcher()
     spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     config = RunConfig.model_validate(spec["config"])
     set_torch_threads(config.runtime.torch_threads)

@@ -7,31 +7,34 @@ Python API::
 
 Re-running the same run (same run name and config, same output directory) resumes it: finished
 steps are read back from their folders, MLflow runs are reopened, nothing is logged twice. Inputs
-are checked before anything is written (`pipeline.preflight`), and one process at a time may work
-on a run directory (`pipeline.runlock`: a second one is refused, a killed one leaves no lock).
+are checked before anything is written (`pipeline.preflight`), one process at a time may work on a
+run directory (`pipeline.runlock`: a second one is refused, a killed one leaves no lock), and a
+resume checks that the folder, its input files and the tracking server still describe this run
+(`flows.resume`).
 """
 
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-from dpo import write_text_atomic
 from flows.iteration import iteration_flow
 from flows.launch import CurveTarget
+from flows.resume import open_run
 from flows.stage import finish_stage
-from flows.stepdir import model_dir
+from flows.stepdir import StepRecord, model_dir
 from flows.tasks import step_tasks
-from pipeline.config import ConfigError, RunConfig, load_config
+from pipeline.config import RunConfig, load_config
+from pipeline.data import DATA_FILES
 from pipeline.env import apply_env_defaults
-from pipeline.models import set_torch_threads
-from pipeline.preflight import check_inputs
+from pipeline.models import load_tokenizer, set_torch_threads
+from pipeline.preflight import check_inputs, check_prompt_lengths
 from pipeline.report import comparison_rows, format_table, plot_comparison, write_json
+from pipeline.rundir import check_output_dir, check_run_name
 from pipeline.runlock import run_lock
-from pipeline.tracking import Tracker, default_tracking_uri, flatten
+from pipeline.tracking import Tracker, default_tracking_uri
 
 
 def _flow_run_name() -> str:
@@ -55,20 +58,23 @@ def self_rewarding_flow(
         config = load_config(config, overrides)
     check_inputs(config)
     output = Path(output_dir).resolve()
+    check_output_dir(output)
+    check_run_name(output, config.run_name)
     with run_lock(output / config.run_name):
         return _run(config, output)
 
 
 def _run(config: RunConfig, output: Path) -> dict[str, Any]:
     set_torch_threads(config.runtime.torch_threads)
-    tasks, run_dir, tracking_uri = step_tasks(config.runtime), prepare_run_dir(output, config), default_tracking_uri(output)
+    tasks, tracking_uri = step_tasks(config.runtime), default_tracking_uri(output)
     tracker = Tracker.from_config(tracking_uri, config.tracking, artifact_root=output / "mlartifacts")
     prefect_tags = {"prefect.flow_run_id": str(flow_run.id)}
-    parent = tracker.start_pipeline(config.run_name, config.model_dump(mode="json"), config.fingerprint(), prefect_tags)
+    run_dir, parent = open_run(config, output, tracker, str(flow_run.id), prefect_tags)
     get_run_logger().info("run %s in %s; MLflow %s", config.run_name, run_dir, tracker.run_url(parent))
     with tracker.failing(parent):
         data = tasks.data(config, run_dir)
         model = tasks.base_model(config, run_dir, data)
+        check_data_fits(config, data, model)
         if config.sft.enabled:
             with tracker.stage(parent, config.run_name, "sft", prefect_tags) as run_id:
                 tracker.log_params(run_id, config.sft.model_dump(mode="json"))
@@ -92,29 +98,9 @@ def _run(config: RunConfig, output: Path) -> dict[str, Any]:
             "tracking_uri": tracking_uri, "final_model": str(model_dir(model))}
 
 
-def prepare_run_dir(output: Path, config: RunConfig) -> Path:
-    """`<output>/<run_name>/` with the resolved config; refuses a different config under the same name."""
-    run_dir = output / config.run_name
-    saved = run_dir / "config.yaml"
-    resolved = config.model_dump(mode="json")
-    if saved.is_file():
-        previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-        try:  # fields added since the run started count as their defaults, not as changes
-            previous = RunConfig.model_validate(previous).model_dump(mode="json")
-        except ValueError:
-            pass  # a field that no longer exists: compared as saved, so it is named below
-        changed = _changed_fields(flatten(previous), flatten(resolved))
-        if changed:
-            raise ConfigError(
-                f"run '{config.run_name}' in {output} was started with a different config "
-                f"(changed: {', '.join(changed[:8])}); resume it with the same config, or start a new run "
-                f"with --set run_name=<new name>"
-            )
-        return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(saved, yaml.safe_dump(resolved, sort_keys=False))
-    return run_dir
-
-
-def _changed_fields(old: dict[str, str], new: dict[str, str]) -> list[str]:
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+def check_data_fits(config: RunConfig, data: StepRecord, base: StepRecord) -> None:
+    """Exact prompt lengths once the tiny model's tokenizer exists (preflight could only bound them;
+    a user's model was counted exactly there already)."""
+    if config.model.path is None:
+        files = {name: Path(data.path) / file for name, file in DATA_FILES.items() if (Path(data.path) / file).is_file()}
+        check_prompt_lengths(config, files, load_tokenizer(model_dir(base)))

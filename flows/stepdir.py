@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from dpo.files import publish_dir, write_json_atomic
+from pipeline.lifeline import check_launcher_alive
 
 MANIFEST = "manifest.json"
 MODEL_DIR = "model"  # the `from_pretrained` folder inside a model-producing step's folder
@@ -126,12 +127,18 @@ def _hash_tree(root: Path) -> dict[str, str]:
 
 
 def finished(path: Path, step_fingerprint: str) -> StepRecord | None:
-    """The record of a finished step at `path` with this fingerprint, else None."""
+    """The record of a finished step at `path` with this fingerprint, else None.
+
+    The record points at `path` as it is now: the manifest keeps the absolute path it was written
+    at, and an output folder moved since must not lead the run back into the old location.
+    """
     try:
         record = StepRecord.model_validate_json((path / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    return record if record.fingerprint == step_fingerprint else None
+    if record.fingerprint != step_fingerprint:
+        return None
+    return record.model_copy(update={"path": str(path.resolve())})
 
 
 def _is_disk_full(err: BaseException) -> bool:
@@ -186,5 +193,6 @@ def run_step(step: str, path: Path, step_fingerprint: str, build: Callable[[Path
             f"one restarts"
         ) from err
     pause_point(f"{path.parent.name}/{step}", path.parent)
+    check_launcher_alive()  # a launched rank whose run is gone must not publish into the run folder
     publish_dir(tmp, path)
     return record

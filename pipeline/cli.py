@@ -4,14 +4,18 @@
     selfreward compare [RUN_NAME] [--output DIR] [--json]
     selfreward ui [--output DIR] [--port PORT]
 
-A mistake in the input (config, data, model directory, judge template) or a run directory that
-another run holds prints one clear message and exits with code 2; nothing is written. A run that
-fails for another known reason (MLflow unreachable, disk full, non-finite loss) prints its message
-and exits with code 1; running the same command again resumes it.
+A mistake in the input (config, data, model directory, judge template, `--output`) or a run directory
+that another run holds prints one clear message and exits with code 2; nothing is written. So does a
+resume whose input files changed under a trained stage, or whose run name belongs to another run on
+the tracking server. A run that fails for another known reason (MLflow unreachable, disk full,
+non-finite loss) prints its message and exits with code 1; running the same command again resumes
+it. Prefect logs these known errors in one line each, without their tracebacks: the message printed
+last is the whole story.
 """
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -30,11 +34,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from dpo import PreferenceDataError
     from generation import EngineUnavailableError, PromptFileError
     from judging import RewardFunctionError, TemplateError
+    from pipeline.inputs import InputChangedError
     from pipeline.models import ModelLoadError
+    from pipeline.rundir import RunDirError
     from pipeline.runlock import RunLockedError
+    from pipeline.tracking import RunIdentityError
 
     return (ConfigError, PreferenceDataError, PromptFileError, RewardFunctionError, TemplateError, ModelLoadError,
-            RunLockedError, EngineUnavailableError)
+            RunLockedError, EngineUnavailableError, RunDirError, RunIdentityError, InputChangedError)
 
 
 def _run_failures() -> tuple[type[Exception], ...]:
@@ -54,13 +61,36 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.preflight import check_inputs
+    from pipeline.rundir import check_output_dir, check_run_name
     from pipeline.runlock import run_lock
 
     config = load_config(args.config, args.overrides)  # fails fast, before the heavy imports
     check_inputs(config)  # data files, judge templates, reward functions, model directory
     output = Path(args.output).resolve()
+    check_output_dir(output)
+    check_run_name(output, config.run_name)
     with run_lock(output / config.run_name):  # before Prefect starts: a second run is refused at once
         return _run(config, output)
+
+
+class _KnownErrorTracebacks(logging.Filter):
+    """Drop the traceback from a log record about an error whose message says everything (the
+    errors `main` prints itself); the record's one-line message stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and isinstance(error, _user_errors() + _run_failures()):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_known_errors() -> None:
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
+        known = logging.getLogger(name)
+        if not any(isinstance(f, _KnownErrorTracebacks) for f in known.filters):
+            known.addFilter(_KnownErrorTracebacks())
+    # The Tracker logs one line per failed attempt; urllib3 would add one per internal HTTP retry.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def _run(config, output: Path) -> int:
@@ -71,6 +101,7 @@ def _run(config, output: Path) -> int:
     from flows import self_rewarding_flow
     from pipeline.report import format_table
 
+    _quiet_known_errors()
     result = self_rewarding_flow(config, output_dir=str(output))
     print(f"\n{format_table(result['rows'])}\n")
     print(f"run folder: {result['run_dir']}")

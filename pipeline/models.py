@@ -4,8 +4,10 @@
 Llama/Qwen/Mistral go through the same `load_model_and_tokenizer` path.
 """
 
+import json
 import os
 import random
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,7 @@ DTYPES: dict[str, torch.dtype] = {
 # Weights are loaded from safetensors only: pickle-based `.bin` checkpoints can run code when loaded.
 _WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
 _PICKLE_PATTERNS = ("pytorch_model*.bin", "*.bin.index.json", "*.pt", "*.pth", "*.ckpt")
+_MAX_SAFETENSORS_HEADER = 100 << 20  # the format's own limit on the JSON header
 
 
 def select_device(pref: str = "auto") -> torch.device:
@@ -229,6 +232,9 @@ def _temp_dir_beside(out_dir: Path) -> Path:
 
 def _check_model_dir(path: Path) -> None:
     """Fail fast, without any network call, when `path` is not a usable local model directory."""
+    if path.is_file():
+        raise ModelLoadError(f"'{path}' is a file; give the model directory (the folder holding config.json, "
+                             "the *.safetensors weights and the tokenizer)")
     if not path.is_dir():
         raise ModelLoadError(
             f"model directory '{path}' does not exist. Models are loaded only from local directories "
@@ -248,24 +254,80 @@ def _check_model_dir(path: Path) -> None:
             f"model directory '{path}' has no weights (expected *.safetensors); "
             "the download or save may be incomplete"
         )
+    for weights in _weight_files(path):
+        _check_safetensors(weights)
 
 
-def check_model_dir(path: str | os.PathLike) -> None:
-    """Check a model directory without loading its weights: config, safetensors weights and a
-    tokenizer with an EOS token (seconds faster than `load_model_and_tokenizer`).
+def _weight_files(path: Path) -> list[Path]:
+    """The safetensors files a `from_pretrained` of `path` reads (every shard of a sharded checkpoint)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file() and not (path / "model.safetensors").is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ModelLoadError(f"'{index}' is not a readable safetensors index ({err})") from None
+        return [path / name for name in shards]
+    return sorted(path.glob("*.safetensors"))
+
+
+def _check_safetensors(path: Path) -> None:
+    """The header of a safetensors file parses and the file is exactly as long as it says (a
+    truncated download otherwise passes every check and fails minutes later, once Prefect runs)."""
+    problem = None
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8)) if size >= 8 else (0,)
+            if size < 8 or header_len > min(size - 8, _MAX_SAFETENSORS_HEADER):
+                problem = f"header of {header_len} bytes does not fit in the file's {size} bytes"
+            else:
+                header = json.loads(f.read(header_len))
+                end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+                if size != 8 + header_len + end:
+                    problem = f"the header describes {8 + header_len + end} bytes but the file has {size}"
+    except FileNotFoundError:
+        problem = "file not found"
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error) as err:
+        problem = f"unreadable header ({err})"
+    if problem:
+        raise ModelLoadError(f"weights file '{path}' is truncated or corrupt: {problem}; download or save it again")
+
+
+def check_model_dir(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """Check a model directory without loading its weights: config, complete safetensors weights and
+    a tokenizer with an EOS token (seconds faster than `load_model_and_tokenizer`).
+
+    Returns:
+        The directory's tokenizer (as `load_tokenizer` returns it).
 
     Raises:
         ModelLoadError: naming the directory and what is missing.
     """
     _check_model_dir(Path(path))
-    _load_tokenizer(Path(path))
+    return load_tokenizer(path)
 
 
-def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+def context_size(path: str | os.PathLike) -> int | None:
+    """The context length (`max_position_embeddings`) a model directory's config.json states, if any."""
+    try:
+        value = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model directory, with an EOS token, a pad token and left padding.
+
+    Raises:
+        ModelLoadError: it cannot be loaded or has no EOS token.
+    """
+    path = Path(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, TypeError) as err:
-        raise ModelLoadError(f"could not load a tokenizer from '{path}': {err}") from err
+    except Exception as err:  # a malformed tokenizer.json raises KeyError, or a bare Exception from Rust
+        raise ModelLoadError(f"could not load a tokenizer from '{path}': {type(err).__name__}: "
+                             f"{str(err)[:300]}") from err
     if tokenizer.eos_token_id is None:
         raise ModelLoadError(
             f"the tokenizer in '{path}' has no EOS token; generation could never stop. "
@@ -297,7 +359,7 @@ def load_model_and_tokenizer(
     _check_model_dir(model_dir)
     torch_device = select_device(device) if isinstance(device, str) else torch.device(device)
     torch_dtype = select_dtype(dtype, torch_device)
-    tokenizer = _load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(model_dir), local_files_only=True, dtype=torch_dtype, use_safetensors=True

@@ -7,18 +7,35 @@ with one message naming the config field, the file and the line, instead of minu
 Each problem raises the error class of the package that owns the format (`PromptFileError`,
 `TemplateError`, `RewardFunctionError`, `ModelLoadError`, `EngineUnavailableError`); the CLI turns
 them into exit code 2.
+
+Prompts must fit where they are used: an IFT/EFT prompt under `sft.max_len` tokens, a seed or eval
+prompt under the model's context. With `model.path` the model's own tokenizer counts them exactly;
+the tiny model's tokenizer is trained by the run, so preflight counts byte-level pre-tokens (a lower
+bound: BPE never merges across them) and the flow checks exact counts once the tokenizer exists
+(`check_prompt_lengths`).
 """
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from generation import EngineUnavailableError, PromptFileError, check_vllm_python, read_prompts
+from tokenizers import pre_tokenizers
+
+from generation import (
+    EngineUnavailableError,
+    PromptFileError,
+    check_vllm_python,
+    encode_chat_prompt,
+    iter_jsonl,
+    read_prompts,
+)
 from generation.vllm_engine import CPU_HEAD_DIMS
 from judging import RewardFunctionError, TemplateError, load_reward_fn, load_template
 from pipeline.config import RunConfig
-from pipeline.models import ModelLoadError, check_model_dir
+from pipeline.models import ModelLoadError, check_model_dir, context_size
 
-__all__ = ["check_inputs"]
+__all__ = ["check_inputs", "check_prompt_lengths"]
 
 # Data files and the string fields each record needs (prepare_data copies them as JSONL).
 DATA_FIELDS: dict[str, tuple[str, ...]] = {
@@ -33,14 +50,14 @@ def check_inputs(config: RunConfig) -> None:
     """Validate every input a run will read; returns quietly when all are usable.
 
     Raises:
-        PromptFileError: a data file is not JSONL, has an empty line, bad JSON, invalid UTF-8, or a
-            record without a non-empty string field; the message names `data.<field>`, the file
-            and the line.
+        PromptFileError: a data file is not JSONL, has an empty line, bad JSON, invalid UTF-8, a
+            record without a non-empty string field, or a prompt too long for where it is used; the
+            message names `data.<field>`, the file and the line.
         TemplateError: a judge template is missing or invalid (no placeholder, a score pattern
             that cannot read its own example, ...), naming the config field.
         RewardFunctionError: a `reward_fn` cannot be imported.
-        ModelLoadError: `model.path` is not a usable model directory (no config, no safetensors
-            weights, no tokenizer or no EOS token).
+        ModelLoadError: `model.path` is not a usable model directory (a file, no config, no or
+            truncated safetensors weights, no loadable tokenizer or no EOS token).
         EngineUnavailableError: `engine.name` is vllm but its virtualenv is missing, or the model's
             head size is one vLLM's CPU attention does not support (on a machine without CUDA).
     """
@@ -58,11 +75,14 @@ def check_inputs(config: RunConfig) -> None:
             load_template(judge.template)  # evaluation judges with it even when reward_fn is set
         except TemplateError as err:
             raise TemplateError(f"{field}.template: {err}") from None
+    tokenizer = None
     if config.model.path is not None:
         try:
-            check_model_dir(config.model.path)
+            tokenizer = check_model_dir(config.model.path)
         except ModelLoadError as err:
             raise ModelLoadError(f"model.path: {err}") from None
+    user_files = {name: Path(getattr(config.data, name)) for name in DATA_FIELDS if getattr(config.data, name)}
+    check_prompt_lengths(config, user_files, tokenizer)
     if config.engine.name == "vllm":
         _check_vllm(config)
 
@@ -98,9 +118,62 @@ def _head_dim(config: RunConfig) -> tuple[int | None, str]:
     return model.get("head_dim") or (hidden // heads if heads and hidden else None), str(path)
 
 
+def check_prompt_lengths(config: RunConfig, files: dict[str, Path], tokenizer: Any | None = None) -> None:
+    """Every prompt of the data files `files` ({"ift": path, ...}) fits where the run uses it.
+
+    Args:
+        config: the run config (limits: `sft.max_len`, the model's context).
+        files: data file of each `data.<field>` to check.
+        tokenizer: the model's tokenizer (exact counts); None counts pre-tokens, a lower bound.
+
+    Raises:
+        PromptFileError: naming `data.<field>`, the file, the line, the count and the limit.
+    """
+    limits = _length_limits(config)
+    count, overhead = _token_counter(tokenizer)
+    for name, path in files.items():
+        if name not in limits:
+            continue
+        limit, what = limits[name]
+        for line, row in enumerate(iter_jsonl(path), start=1):
+            prompt = row.get("prompt") if isinstance(row, dict) else None
+            # A token holds at least one byte, so only long prompts are worth counting.
+            if not isinstance(prompt, str) or len(prompt.encode()) + overhead < limit:
+                continue
+            if (tokens := count(prompt)) >= limit:
+                at_least = "" if tokenizer is not None else "at least "
+                raise PromptFileError(
+                    f"data.{name}: {_user_file(config, name, path)}:{line}: the prompt has {at_least}{tokens:,} "
+                    f"tokens; {what} allows at most {limit - 1}. Shorten or drop it")
+
+
+def _user_file(config: RunConfig, name: str, path: Path) -> Path:
+    """The user's file behind a run's copy of `data.<name>` (the copy itself for generated data)."""
+    return Path(getattr(config.data, name) or path)
+
+
+def _length_limits(config: RunConfig) -> dict[str, tuple[int, str]]:
+    """{data field: (token limit a prompt must stay under, what sets it)}."""
+    context = config.model.tiny.max_position_embeddings if config.model.path is None else context_size(config.model.path)
+    limits = {}
+    if config.sft.enabled:
+        limits["ift"] = limits["eft"] = (config.sft.max_len, f"sft.max_len ({config.sft.max_len})")
+    if context:
+        limits["seed_prompts"] = limits["eval_prompts"] = (context, f"the model's context ({context} tokens)")
+    return limits
+
+
+def _token_counter(tokenizer: Any | None) -> tuple[Callable[[str], int], int]:
+    """(tokens of a chat prompt holding a text, how many of them the chat template adds at most)."""
+    if tokenizer is not None:
+        return (lambda text: len(encode_chat_prompt(tokenizer, text))), len(encode_chat_prompt(tokenizer, "")) + 1
+    pieces = pre_tokenizers.ByteLevel(add_prefix_space=False)  # the tiny tokenizer's pre-tokenizer
+    return (lambda text: len(pieces.pre_tokenize_str(text))), 0
+
+
 def _judge_sections(config: RunConfig) -> dict:
     sections = {"iteration.judge": config.iteration.judge}
-    for iteration in range(1, config.iterations + 1):
+    for iteration in sorted(config.overrides):  # iterations without overrides use `iteration.judge`
         judge = config.iteration_config(iteration).judge
         if judge != config.iteration.judge:
             sections[f"overrides.{iteration}.judge"] = judge

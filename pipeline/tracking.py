@@ -1,13 +1,20 @@
 """All MLflow code of the project: one parent run per pipeline run, one child run per stage.
 
-Runs are found again by tags (`selfreward.run_name`, `selfreward.stage`), so a resumed pipeline
-reuses its runs instead of adding rows. Every call names its run id explicitly (`MlflowClient`),
-because MLflow's "active run" is thread-local and Prefect may run steps in other threads.
+Runs are found again by tags, so a resumed pipeline reuses its runs instead of adding rows: the
+parent by the run's identity (`selfreward.run_uid`, a random id kept in the run folder, see
+`pipeline.rundir`), each child by its parent and stage. A run name or registered model that another
+run (another folder) already uses on the same tracking server is refused (`RunIdentityError`), so a
+run never reopens, reports or re-aliases another run's runs and weights. Every call names its run id
+explicitly (`MlflowClient`), because MLflow's "active run" is thread-local and Prefect may run steps
+in other threads.
 
 A tracking server that goes away is retried with exponential back-off (`retries`, bounded); every
 public method is idempotent (find-or-create, skip what is already logged), so retrying a whole
 method never duplicates a run, a param, a metric row or a model version. When the server stays
-away, `TrackingUnavailableError` names the tracking URI.
+away, `TrackingUnavailableError` names the tracking URI. One outage spends one retry budget per
+process: once a store is declared unreachable, every later call to it in the process (the last
+curve points, marking runs failed, other Trackers) fails at once until a call gets through, so a run
+stops `retries` back-offs after the store went away, not a multiple of that.
 """
 
 import functools
@@ -23,13 +30,18 @@ from typing import Any
 import requests
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
+
+from pipeline.metric_buffer import MetricBuffer
 
 TAG_RUN_NAME = "selfreward.run_name"
 TAG_STAGE = "selfreward.stage"
 TAG_CONFIG = "selfreward.config_fingerprint"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_OUTCOME = "selfreward.outcome"
+TAG_IDENTITY = "selfreward.run_uid"
+TAG_LOCATION = "selfreward.run_dir"
 PARENT_STAGE = "pipeline"
 _PARAM_MAX_CHARS = 6000  # MLflow's limit for one param value
 _TAG_MAX_CHARS = 1000  # well under MLflow's limit; an outcome is a sentence, not a traceback
@@ -44,6 +56,15 @@ logger = logging.getLogger(__name__)
 
 class TrackingUnavailableError(RuntimeError):
     """The MLflow tracking store could not be reached through all retries."""
+
+
+class RunIdentityError(ValueError):
+    """The run name or registered model belongs to another run (another run folder) on this tracking server."""
+
+
+def registered_model_name(run_name: str, registered_model: str | None) -> str:
+    """The registry name of a run's checkpoints: `tracking.registered_model`, default `<run_name>-policy`."""
+    return registered_model or f"{run_name}-policy"
 
 
 def _is_transient(err: BaseException) -> bool:
@@ -65,19 +86,27 @@ def _describe(err: BaseException) -> str:
     return text[:200]
 
 
+# Tracking URI -> the message that declared it unreachable in this process (see the module docstring).
+_UNREACHABLE: dict[str, str] = {}
+
+
 def _retrying(method: Callable) -> Callable:
     """Retry a Tracker method on connection errors with exponential back-off; only the outermost
-    call of nested Tracker methods retries, so waits never multiply."""
+    call of nested Tracker methods retries, so waits never multiply, and a store already declared
+    unreachable gets one attempt."""
 
     @functools.wraps(method)
     def wrapper(self: "Tracker", *args: Any, **kwargs: Any) -> Any:
         if getattr(self._local, "depth", 0):
             return method(self, *args, **kwargs)
         start, delay = time.monotonic(), self.retry_backoff_seconds
-        for attempt in range(self.retries + 1):
+        retries = 0 if self.tracking_uri in _UNREACHABLE else self.retries
+        for attempt in range(retries + 1):
             self._local.depth = 1
             try:
-                return method(self, *args, **kwargs)
+                result = method(self, *args, **kwargs)
+                _UNREACHABLE.pop(self.tracking_uri, None)
+                return result
             except Exception as err:
                 if not _is_transient(err):
                     raise
@@ -86,17 +115,18 @@ def _retrying(method: Callable) -> Callable:
                 self._local.depth = 0
             self._last_step.clear()  # a batch may or may not have landed: ask the store again
             self._known_keys.clear()
-            if attempt < self.retries:
+            if attempt < retries:
                 logger.warning("MLflow %s: %s failed (%s); retry %d/%d in %.1f s", self.tracking_uri,
-                               method.__name__.lstrip("_"), _describe(last), attempt + 1, self.retries, delay)
+                               method.__name__.lstrip("_"), _describe(last), attempt + 1, retries, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF_SECONDS)
-        raise TrackingUnavailableError(
-            f"MLflow tracking store {self.tracking_uri} is unreachable ({self.retries + 1} attempts over "
+        message = _UNREACHABLE.get(self.tracking_uri) or (
+            f"MLflow tracking store {self.tracking_uri} is unreachable ({retries + 1} attempts over "
             f"{time.monotonic() - start:.0f} s; last error: {_describe(last)}). Start the tracking server again "
             f"(or fix MLFLOW_TRACKING_URI) and run the same command: the run resumes where it stopped and "
-            f"nothing is logged twice"
-        ) from last
+            f"nothing is logged twice")
+        _UNREACHABLE[self.tracking_uri] = message
+        raise TrackingUnavailableError(message) from last
 
     return wrapper
 
@@ -147,6 +177,7 @@ class Tracker:
         self._local = threading.local()
         self._last_step: dict[tuple[str, str], int] = {}  # (run, metric key) -> last step stored
         self._known_keys: dict[str, set[str]] = {}  # run -> metric keys it had when first seen
+        self._moved: tuple[str, str] | None = None  # see _moved_artifacts
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id = self._experiment(experiment, artifact_root)
 
@@ -160,6 +191,7 @@ class Tracker:
     def _experiment(self, name: str, artifact_root: Path | None) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            self._moved = self._moved_artifacts(found.artifact_location)
             return found.experiment_id
         # With a local sqlite store, keep artifacts beside it rather than in the CWD's ./mlruns.
         location = artifact_root.resolve().as_uri() if artifact_root and self.tracking_uri.startswith("sqlite") else None
@@ -168,36 +200,92 @@ class Tracker:
         except MlflowException:  # created concurrently by another process
             return self.client.get_experiment_by_name(name).experiment_id
 
+    def _search(self, filter_string: str, max_results: int = 1000) -> list:
+        return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=max_results,
+                                       order_by=["attributes.start_time DESC"])
+
     def _find(self, run_name: str, stage: str) -> str | None:
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TAG_RUN_NAME}` = '{run_name}' and tags.`{TAG_STAGE}` = '{stage}'",
-            max_results=1,
-            order_by=["attributes.start_time DESC"],
-        )
+        runs = self._search(f"tags.`{TAG_RUN_NAME}` = '{run_name}' and tags.`{TAG_STAGE}` = '{stage}'", 1)
+        return runs[0].info.run_id if runs else None
+
+    def _child(self, parent_id: str, stage: str) -> str | None:
+        runs = self._search(f"tags.`{TAG_PARENT}` = '{parent_id}' and tags.`{TAG_STAGE}` = '{stage}'", 1)
         return runs[0].info.run_id if runs else None
 
     @_retrying
-    def start_pipeline(self, run_name: str, config: Mapping[str, Any], fingerprint: str, tags: Mapping[str, str]) -> str:
-        """The parent run of `run_name`, reopened when it exists, created (with params) otherwise."""
-        run_id = self._find(run_name, PARENT_STAGE)
+    def claim(self, run_name: str, identity: str, *, legacy: bool = False,
+              registered_model: str | None = None) -> str | None:
+        """The parent run of the run `identity` (None before it has one), after checking that no other
+        run uses `run_name` in this experiment or has versions in `registered_model`. Writes nothing.
+
+        Args:
+            run_name: the run's name.
+            identity: the run's id (`selfreward.run_uid`).
+            legacy: the run predates identities; the newest untagged parent of its name is its own.
+            registered_model: the registry name its checkpoints go to (None: not registered).
+
+        Raises:
+            RunIdentityError: naming the other run's folder (or MLflow run) and how to proceed.
+        """
+        parents = self._search(f"tags.`{TAG_RUN_NAME}` = '{run_name}' and tags.`{TAG_STAGE}` = '{PARENT_STAGE}'")
+        ours = [p for p in parents if p.data.tags.get(TAG_IDENTITY) == identity]
+        if not ours and legacy:
+            ours = [p for p in parents if TAG_IDENTITY not in p.data.tags][:1]
+        mine = {p.info.run_id for p in ours}
+        other = next((p for p in parents if p.info.run_id not in mine), None)
+        if other is not None:
+            where = other.data.tags.get(TAG_LOCATION) or f"MLflow run {other.info.run_id}"
+            raise RunIdentityError(
+                f"run name {run_name!r} is already used in MLflow experiment {self.experiment_id} at {self.tracking_uri} "
+                f"by another run ({where}); this run is not it, so it would report that run's numbers. Use another "
+                f"run_name (--set run_name=<new name>) or tracking.experiment, or delete that run in MLflow")
+        parent = ours[0].info.run_id if ours else None
+        if registered_model:
+            self._check_versions(registered_model, parent)
+        return parent
+
+    def _check_versions(self, model_name: str, parent: str | None) -> None:
+        versions = self.client.search_model_versions(f"name = '{model_name}'")
+        children = {r.info.run_id for r in self._search(f"tags.`{TAG_PARENT}` = '{parent}'")} if parent else set()
+        foreign = sorted({v.run_id for v in versions} - children, key=str)
+        if foreign:
+            raise RunIdentityError(
+                f"registered model {model_name!r} at {self.tracking_uri} already holds versions of another run "
+                f"(MLflow run {foreign[0]}); its aliases would then point at either run's weights. Set "
+                f"tracking.registered_model to another name, or use another run_name")
+
+    @_retrying
+    def start_pipeline(self, run_name: str, config: Mapping[str, Any], fingerprint: str, tags: Mapping[str, str],
+                       *, identity: str | None = None, location: str | None = None, legacy: bool = False,
+                       registered_model: str | None = None) -> str:
+        """The parent run of this run, reopened when it exists, created (with params) otherwise.
+
+        With `identity`, the parent is this run's own (`claim`; raises `RunIdentityError` when the name
+        or registered model is another run's), and it is tagged with the identity and `location` (the
+        run folder). Without, the newest parent named `run_name` is reopened.
+        """
+        if identity is None:
+            run_id = self._find(run_name, PARENT_STAGE)
+        else:
+            run_id = self.claim(run_name, identity, legacy=legacy, registered_model=registered_model)
+        own = {TAG_IDENTITY: identity, TAG_LOCATION: location or ""} if identity else {}
         if run_id is None:
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=run_name,
-                tags={TAG_RUN_NAME: run_name, TAG_STAGE: PARENT_STAGE, TAG_CONFIG: fingerprint, **tags},
+                tags={TAG_RUN_NAME: run_name, TAG_STAGE: PARENT_STAGE, TAG_CONFIG: fingerprint, **own, **tags},
             )
             run_id = run.info.run_id
         else:
             self.client.update_run(run_id, status="RUNNING")
-            self.set_tags(run_id, tags)
+            self.set_tags(run_id, {**own, **tags})  # tags an adopted parent of a legacy run too
         self.log_params(run_id, config)  # only the missing ones: a start cut off mid-way is completed
         return run_id
 
     @_retrying
     def stage_run(self, parent_id: str, run_name: str, stage: str, tags: Mapping[str, str] | None = None) -> str:
         """The child run of one stage (`sft`, `iter-1`, ...), reopened or created under the parent."""
-        run_id = self._find(run_name, stage)
+        run_id = self._child(parent_id, stage)
         if run_id is None:
             all_tags = {TAG_RUN_NAME: run_name, TAG_STAGE: stage, TAG_PARENT: parent_id, **(tags or {})}
             return self.client.create_run(self.experiment_id, run_name=stage, tags=all_tags).info.run_id
@@ -288,18 +376,42 @@ class Tracker:
         )
         return runs[0].data.tags[TAG_RUN_NAME] if runs else None
 
+    def _moved_artifacts(self, location: str) -> tuple[str, str] | None:
+        """(stored, real) artifact root when the default sqlite store moved with its output folder: MLflow
+        keeps the artifact location as an absolute path, so the run would write into the old folder."""
+        if not (self.tracking_uri.startswith("sqlite:///") and location.startswith("file:")):
+            return None
+        here = (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+        location = location.rstrip("/")
+        return (location, here) if location.endswith("/mlartifacts") and location != here else None
+
+    def _artifact_uri(self, run_id: str) -> str:
+        uri = self.client.get_run(run_id).info.artifact_uri
+        if self._moved and uri.startswith(self._moved[0]):
+            return self._moved[1] + uri[len(self._moved[0]):]
+        return uri
+
+    def _artifacts(self, run_id: str):
+        """The run's artifact repository (MLflow's own, unless the local store moved)."""
+        return get_artifact_repository(self._artifact_uri(run_id)) if self._moved else None
+
     @_retrying
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        path = Path(path)
-        if path.is_dir():
-            self.client.log_artifacts(run_id, str(path), artifact_path)
+        path, repo = Path(path), self._artifacts(run_id)
+        if repo is None:
+            log = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
+            log(run_id, str(path), artifact_path)
         else:
-            self.client.log_artifact(run_id, str(path), artifact_path)
+            (repo.log_artifacts if path.is_dir() else repo.log_artifact)(str(path), artifact_path)
+
+    def _list(self, run_id: str, path: str | None) -> list:
+        repo = self._artifacts(run_id)
+        return repo.list_artifacts(path) if repo else self.client.list_artifacts(run_id, path)
 
     @_retrying
     def has_artifact(self, run_id: str, artifact_path: str) -> bool:
         parent, _, name = artifact_path.rpartition("/")
-        return any(Path(f.path).name == name for f in self.client.list_artifacts(run_id, parent or None))
+        return any(Path(f.path).name == name for f in self._list(run_id, parent or None))
 
     @_retrying
     def register_checkpoint(self, run_id: str, checkpoint_dir: Path, model_name: str, alias: str) -> str:
@@ -316,7 +428,7 @@ class Tracker:
         if existing:
             version = existing[0].version
         else:
-            source = f"{self.client.get_run(run_id).info.artifact_uri}/checkpoint"
+            source = f"{self._artifact_uri(run_id)}/checkpoint"
             version = self.client.create_model_version(model_name, source, run_id=run_id, tags={"alias": alias}).version
         self.client.set_registered_model_alias(model_name, alias, version)
         return str(version)
@@ -326,7 +438,7 @@ class Tracker:
         stored = {}
         pending = [artifact_path]
         while pending:
-            for info in self.client.list_artifacts(run_id, pending.pop()):
+            for info in self._list(run_id, pending.pop()):
                 if info.is_dir:
                     pending.append(info.path)
                 else:
@@ -341,7 +453,10 @@ class Tracker:
 
     def fail(self, run_id: str, reason: str) -> None:
         """Mark a run FAILED with `selfreward.outcome = failed: <reason>`, once, without retries: the
-        run is already failing, possibly because the store is what went away."""
+        run is already failing, possibly because the store is what went away (then not at all)."""
+        if self.tracking_uri in _UNREACHABLE:
+            logger.warning("MLflow run %s not marked as failed: the store is unreachable", run_id)
+            return
         try:
             self.client.log_batch(run_id, tags=[RunTag(TAG_OUTCOME, f"failed: {reason}"[:_TAG_MAX_CHARS])])
             self.client.set_terminated(run_id, status="FAILED")
@@ -361,42 +476,3 @@ class Tracker:
         if self.tracking_uri.startswith("http"):
             return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
         return f"mlflow run {run_id} (open with `selfreward ui`)"
-
-
-class MetricBuffer:
-    """Training-step metrics sent to MLflow in batches, at most every `flush_every_seconds`.
-
-    Each `log_batch` is a commit in a sqlite store (about 10 ms) or an HTTP request, so one per
-    optimizer step costs more than a small model's step; the curves still reach the MLflow UI
-    while the step runs, `flush_every_seconds` late at most. Call `flush()` (or leave the `with`
-    block) when training ends, also when it fails, so no logged step is lost.
-    """
-
-    def __init__(self, tracker: Tracker, run_id: str, flush_every_seconds: float) -> None:
-        self.tracker, self.run_id, self.flush_every_seconds = tracker, run_id, flush_every_seconds
-        self._pending: list[tuple[int, dict[str, float]]] = []
-        self._last_flush = time.monotonic()
-
-    def __call__(self, metrics: Mapping[str, float], step: int) -> None:
-        self._pending.append((step, dict(metrics)))
-        if time.monotonic() - self._last_flush >= self.flush_every_seconds:
-            self.flush()
-
-    def flush(self) -> None:
-        """Send every pending step now."""
-        if self._pending:
-            self.tracker.log_metric_steps(self.run_id, self._pending)
-            self._pending = []
-        self._last_flush = time.monotonic()
-
-    def __enter__(self) -> "MetricBuffer":
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        if exc_type is None:
-            self.flush()
-            return
-        try:  # training already failed: report that error, not a second one from MLflow
-            self.flush()
-        except Exception as err:
-            logger.warning("MLflow: could not send the last training metrics of run %s: %s", self.run_id, err)

@@ -10,6 +10,7 @@ from flows.steps.common import inference_model
 from pipeline import data as run_data
 from pipeline.config import RunConfig
 from pipeline.evaluation import evaluate_model
+from pipeline.inputs import judge_digests
 from pipeline.models import InferenceModel
 
 
@@ -22,7 +23,8 @@ def eval_step(config: RunConfig, stage: str, run_dir: Path, model: StepRecord, d
         generation.write_jsonl(tmp / "samples.jsonl", samples)
         return metrics
 
-    step_fp = fingerprint("eval", config.eval.model_dump(), config.iteration.judge.model_dump(), model.fingerprint, data.fingerprint)
+    step_fp = fingerprint("eval", config.eval.model_dump(), config.iteration.judge.model_dump(), model.fingerprint, data.fingerprint,
+                          *judge_digests(config.iteration.judge))
     return run_step("eval", run_dir / stage / "eval", step_fp, build)
 
 

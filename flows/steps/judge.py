@@ -7,6 +7,7 @@ import generation
 import judging
 from flows.stepdir import Salt, StepRecord, fingerprint, iter_dir, run_step, step_seed
 from pipeline.config import RunConfig
+from pipeline.inputs import judge_digests
 from pipeline.models import InferenceModel
 
 
@@ -31,7 +32,7 @@ def judge_step(config: RunConfig, iteration: int, run_dir: Path, judge: StepReco
         chunk = max(judging.JUDGE_CHUNK_PROMPTS, cfg.sampling.batch_size)
         return judging.judge_candidates(judge_fn, candidates_file, tmp, chunk_prompts=chunk).summary()
 
-    step_fp = fingerprint("judge", cfg.model_dump(), judge.fingerprint, candidates.fingerprint, seed)
+    step_fp = fingerprint("judge", cfg.model_dump(), judge.fingerprint, candidates.fingerprint, seed, *judge_digests(cfg))
     return run_step("judge", iter_dir(run_dir, iteration) / "judgments", step_fp, build)
 
 

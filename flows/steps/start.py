@@ -7,13 +7,15 @@ from flows.stepdir import MODEL_DIR, StepRecord, fingerprint, run_step
 from flows.steps.common import save_model, scalars, trainable_model, training_fingerprint, training_switches
 from pipeline import data as run_data
 from pipeline.config import RunConfig
+from pipeline.inputs import data_digests
 from pipeline.models import build_tiny_model, build_tokenizer, load_model_and_tokenizer
 
 
 def data_step(config: RunConfig, run_dir: Path) -> StepRecord:
     """Seed data of the run (IFT, EFT, prompt pool, eval prompts), copied or generated."""
     meta = (config.iteration.judge.template, config.iteration.meta_judge.template) if config.data.num_meta_judge else ()
-    step_fp = fingerprint("data", config.data.model_dump(), config.seed, config.iteration.prompts.shots, *meta)
+    step_fp = fingerprint("data", config.data.model_dump(), config.seed, config.iteration.prompts.shots, *meta,
+                          *data_digests(config.data))  # file contents too
     return run_step("data", run_dir / "data", step_fp, lambda tmp: run_data.write_run_data(config, tmp))
 
 

@@ -1,5 +1,10 @@
-"""Reading a run config: a YAML file (or the embedded default) plus `--set` overrides, validated."""
+"""Reading a run config: a YAML file (or the embedded default) plus `--set` overrides, validated.
 
+An error names where the bad value came from: the config file, or the `--set KEY=VALUE` argument
+that set it.
+"""
+
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -10,11 +15,20 @@ from pipeline.config.schema import (
     DataConfig,
     RunConfig,
     RuntimeConfig,
+    _clip,
     deep_merge,
     format_errors,
 )
+from pipeline.config.strict_yaml import load_strict
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+# A run config is a few KB; parsing megabytes of YAML takes seconds and would only be echoed back.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_SET_CHARS = 1 << 16
+
+
+def _key_path(key: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in key.strip().split("."))
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -22,29 +36,38 @@ def parse_overrides(pairs: list[str]) -> dict:
     result: dict = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set iteration.dpo.beta=0.2")
+        parts = _key_path(key) if sep else ()
+        if not parts or "" in parts:
+            raise ConfigError(f"--set {_clip(repr(pair))}: expected KEY=VALUE, e.g. --set iteration.dpo.beta=0.2")
+        if len(pair) > MAX_SET_CHARS:
+            raise ConfigError(f"--set {_clip(repr(pair))}: longer than {MAX_SET_CHARS:,} characters; config values are short")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = load_strict(raw) if raw else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {pair!r}: value is not valid YAML ({err})") from None
         node = result
-        parts = key.strip().split(".")
         for part in parts[:-1]:
-            node = node.setdefault(int(part) if part.isdigit() else part, {})
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {pair!r}: {'.'.join(map(str, parts))} is inside a field another --set "
+                                  f"already gave a value")
         node[parts[-1]] = value
     return result
 
 
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            blob = f.read(MAX_CONFIG_BYTES + 1)
+        text = blob.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read config ({err})") from None
+    if len(blob) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: config file is larger than {MAX_CONFIG_BYTES >> 20} MiB; a run config is a few KB")
     try:
-        data = yaml.safe_load(text)  # safe loader: no Python-object tags
+        data = load_strict(text)  # safe loader: no Python-object tags, no duplicate keys, no alias bombs
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if data is None:
@@ -65,22 +88,45 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         ConfigError: naming the file, the field path and what is expected.
     """
     path = Path(path) if path is not None else DEFAULT_CONFIG
-    raw = deep_merge(_read_yaml(path), parse_overrides(overrides or []))
+    overrides = list(overrides or [])
+    raw = deep_merge(_read_yaml(path), parse_overrides(overrides))
     _resolve_relative_paths(raw, path.parent)
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{path}: invalid config\n" + format_errors(err)) from None
+        sources = _sources(path, overrides, [e["loc"] for e in err.errors()])
+        raise ConfigError(f"{sources}: invalid config\n" + format_errors(err)) from None
     except ValueError as err:  # raised by iteration_config() with its own field path
         raise ConfigError(f"{path}: invalid config\n{err}") from None
-    return config.model_copy(update={"data": _resolve_data_paths(config.data, path),
+    return config.model_copy(update={"data": _resolve_data_paths(config.data, path, overrides),
                                      "runtime": _resolve_accelerate_config(config.runtime, path)})
+
+
+def _sources(path: Path, overrides: list[str], locs: Iterable[tuple]) -> str:
+    """Where the fields at `locs` were set: the `--set` arguments that set them, else the file."""
+    named: list[str] = []
+    for loc in locs:
+        hits = [f"--set {_clip(pair)}" for pair in overrides if _overlaps(_key_path(pair.partition("=")[0]), tuple(loc))]
+        for source in hits or [str(path)]:  # an error of the whole config (no field) is the file's
+            if source not in named:
+                named.append(source)
+    return " and ".join(named) or str(path)
+
+
+def _overlaps(a: tuple, b: tuple) -> bool:
+    return bool(a and b) and a[:len(b)] == b[:len(a)]
+
+
+def _sections(raw: dict) -> list:
+    overrides = raw.get("overrides")
+    if isinstance(overrides, dict):
+        return [raw.get("iteration"), *overrides.values()]
+    return [raw.get("iteration"), *(overrides if isinstance(overrides, list) else [])]
 
 
 def _resolve_relative_paths(raw: dict, base: Path) -> None:
     # A judge template or model directory named relative to the config file is found from any CWD.
-    sections = [raw.get("iteration")] + list((raw.get("overrides") or {}).values() if isinstance(raw.get("overrides"), dict) else raw.get("overrides") or [])
-    for section in sections:
+    for section in _sections(raw):
         judge = section.get("judge") if isinstance(section, dict) else None
         if isinstance(judge, dict) and isinstance(judge.get("template"), str) and judge["template"] != "default":
             candidate = base / judge["template"]
@@ -101,7 +147,7 @@ def _resolve_accelerate_config(runtime: RuntimeConfig, config_path: Path) -> Run
     return runtime.model_copy(update={"accelerate_config": str(resolved)})
 
 
-def _resolve_data_paths(data: DataConfig, config_path: Path) -> DataConfig:
+def _resolve_data_paths(data: DataConfig, config_path: Path, overrides: list[str]) -> DataConfig:
     # Relative data paths are relative to the config file, so a run works from any directory.
     updates = {}
     for name in ("ift", "eft", "seed_prompts", "eval_prompts"):
@@ -109,6 +155,8 @@ def _resolve_data_paths(data: DataConfig, config_path: Path) -> DataConfig:
         if value is not None:
             resolved = (config_path.parent / value).resolve()
             if not resolved.is_file():
-                raise ConfigError(f"{config_path}: data.{name}: file not found: {resolved}")
+                source = _sources(config_path, overrides, [("data", name)])
+                what = "is not a file" if resolved.exists() else "file not found"
+                raise ConfigError(f"{source}: data.{name}: {what}: {resolved}")
             updates[name] = str(resolved)
     return data.model_copy(update=updates)

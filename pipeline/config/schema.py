@@ -42,7 +42,8 @@ class TinyModelConfig(_Section):
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(128, ge=8)
     max_position_embeddings: int = Field(256, ge=16)
-    vocab_size: int = Field(384, ge=64, description="BPE vocabulary trained on the task's corpus")
+    # Byte-level BPE needs its 256 byte symbols, the 5 special tokens and at least one merge.
+    vocab_size: int = Field(384, ge=262, description="BPE vocabulary trained on the task's corpus")
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> "TinyModelConfig":
@@ -281,8 +282,9 @@ class RuntimeConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    experiment: str = Field("selfreward", description="MLflow experiment")
-    registered_model: str | None = Field(None, description="model registry name; default '<run_name>-policy'")
+    # MLflow stores both names in 256-character columns; an empty experiment name is no experiment.
+    experiment: str = Field("selfreward", min_length=1, max_length=256, description="MLflow experiment")
+    registered_model: str | None = Field(None, min_length=1, max_length=256, description="model registry name; default '<run_name>-policy'")
     log_checkpoints: bool = Field(True, description="copy each checkpoint into MLflow and register it")
     retries: int = Field(5, ge=0, description="retries of an MLflow call that failed to connect, with back-off")
     retry_backoff_seconds: float = Field(2.0, ge=0, description="first back-off; doubles per retry, at most 30 s")
@@ -308,9 +310,10 @@ class EngineConfig(_Section):
 
 
 class RunConfig(_Section):
-    run_name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="folder and MLflow name; same name + config resumes")
+    run_name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100, description="folder and MLflow name; same name + config resumes")
     seed: int = Field(0, description="seeds every step (data, init, sampling, training order)")
-    iterations: int = Field(2, ge=1, description="self-rewarding iterations after SFT (M2, M3, ...)")
+    # Bounded so that a typo (1000000000) is refused at once instead of stalling validation for minutes.
+    iterations: int = Field(2, ge=1, le=1000, description="self-rewarding iterations after SFT (M2, M3, ...)")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     sft: SFTConfig = SFTConfig()
@@ -336,7 +339,7 @@ class RunConfig(_Section):
         for it in self.overrides:
             if not 1 <= it <= self.iterations:
                 raise ValueError(f"overrides has iteration {it}, but iterations is {self.iterations}")
-        for it in range(1, self.iterations + 1):
+        for it in self.overrides:
             self.iteration_config(it)  # validates every merged iteration now, not mid-run
         return self
 
@@ -378,11 +381,18 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+_ECHO_CHARS = 120  # of a bad value or key echoed in a message: enough to recognise, never megabytes
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _ECHO_CHARS else f"{text[:_ECHO_CHARS]}... ({len(text):,} characters)"
+
+
 def format_errors(err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
-        path = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
-        got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
+        path = ".".join(_clip(str(p)) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
+        got = "" if e["type"] == "missing" else f" (got {_clip(repr(e['input']))})"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"

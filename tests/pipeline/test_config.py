@@ -93,6 +93,21 @@ def test_bad_config_names_file_and_field(tmp_path, case, text, expected):
     assert expected in str(err.value)
 
 
+def test_duplicate_keys_are_refused_but_merge_keys_still_override(tmp_path):
+    with pytest.raises(ConfigError, match=r"found the key 'sft' twice \(first on line 1\)"):
+        load_config(write(tmp_path, "sft: {batch_size: 4}\nsft: {batch_size: 8}\n"))
+    merged = load_config(write(tmp_path, "sft: &optim {batch_size: 4, warmup_steps: 2}\n"
+                                         "iteration: {dpo: {<<: *optim, batch_size: 8}}\n", "merge.yaml"))
+    assert merged.iteration.dpo.batch_size == 8 and merged.iteration.dpo.warmup_steps == 2
+
+
+def test_an_error_from_a_set_names_the_set_not_the_file(tmp_path):
+    path = write(tmp_path, "iterations: 2\n")
+    with pytest.raises(ConfigError, match=r"^--set iteration.pairs.rho=2: invalid config\n") as err:
+        load_config(path, ["iteration.pairs.rho=2"])
+    assert str(path) not in str(err.value)
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "absent.yaml")

@@ -63,8 +63,8 @@ def manifests(run_dir: Path) -> dict[str, int]:
 
 
 def hidden_entries(run_dir: Path) -> list[str]:
-    """Temp folders, training states and markers left in a run directory (the lock file excepted)."""
-    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob(".*") if p.name != ".lock")
+    """Temp folders, training states and markers left in a run directory (the lock and identity files excepted)."""
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob(".*") if p.name not in (".lock", ".identity.json"))
 
 
 def read_manifest(folder: Path) -> dict:

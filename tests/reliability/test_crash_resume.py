@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from prefect import flow, task
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.objects import StateType
+from prefect.states import Completed, Running
 
+from flows.superseded import crash_superseded_runs
 from pipeline.runlock import LOCK_FILE
 from pipeline.tracking import TAG_OUTCOME, TAG_RUN_NAME, Tracker, flatten
 from tests.reliability.helpers import (
@@ -200,6 +206,16 @@ def test_mlflow_outage_fails_with_a_clear_message(scenario):
     assert seconds < 120  # 3 attempts with 0.2 s back-off, MLflow's own retries off
 
 
+@pytest.mark.reliability(area="MLflow outage", fault="what the user sees when the `mlflow server` dies mid-run",
+                         expected="no traceback: retry lines, one line per failed Prefect run, the message last")
+def test_mlflow_outage_shows_the_message_not_tracebacks(scenario):
+    _, log, _ = scenario["outage"]
+    assert "Traceback" not in log and "urllib3" not in log, log[-4000:]
+    errors = [line for line in log.splitlines() if "| ERROR" in line or line.startswith("selfreward: error:")]
+    assert errors and all("MLflow tracking store" in line for line in errors), errors
+    assert log.strip().splitlines()[-1].startswith("selfreward: error: MLflow tracking store")
+
+
 @pytest.mark.reliability(area="MLflow outage", fault="re-run after the server returns (same port, same sqlite)",
                          expected="completes; no duplicated runs, params, metric rows or model versions")
 def test_rerun_after_outage_logs_nothing_twice(scenario):
@@ -231,3 +247,56 @@ def test_run_writes_only_inside_its_directory(scenario):
     for folder in manifests(run_dir):
         assert Path(read_manifest(run_dir / folder)["path"]).resolve().is_relative_to(run_dir.resolve())
     assert not [p for p in run_dir.parent.rglob("*") if p.is_symlink()]
+
+
+def _runs_of(flow_run_ids: list[str]) -> tuple[list, list]:
+    """(flow runs and their subflows, their task runs) in the session's Prefect database."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)))
+        runs += client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=flow_run_ids)))
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])))
+    return runs, tasks
+
+
+@pytest.mark.reliability(area="crash and resume", fault="Prefect flow, subflow and task runs of the SIGKILLed launches",
+                         expected="marked CRASHED by the next launch: none left RUNNING after the resume")
+def test_killed_prefect_runs_are_marked_crashed(scenario):
+    identity = json.loads((scenario["run_dir"] / ".identity.json").read_text())
+    assert len(identity["prefect_flow_runs"]) == len(KILLS) + 2  # the kills, the outage, the final launch
+    runs, tasks = _runs_of(identity["prefect_flow_runs"])
+    states = [r.state.type for r in runs + tasks]
+    assert StateType.RUNNING not in states and StateType.PENDING not in states, states
+    crashed = [r for r in runs if r.state.type == StateType.CRASHED and r.parent_task_run_id is None]
+    assert len(crashed) == len(KILLS)
+
+
+@flow(name="superseded-fixture")
+def _placeholder_flow() -> None:
+    pass
+
+
+@task(name="superseded-fixture-task")
+def _placeholder_task() -> None:
+    pass
+
+
+@pytest.mark.reliability(area="crash and resume", fault="flow run left RUNNING with a RUNNING subflow and task runs",
+                         expected="the resume marks all of them CRASHED; its own and finished runs untouched")
+def test_superseded_runs_are_crashed_and_others_kept():
+    with get_client(sync_client=True) as client:
+        dead = client.create_flow_run(_placeholder_flow, state=Running())
+        step = client.create_task_run(_placeholder_task, dead.id, "0", state=Running())
+        placeholder = client.create_task_run(_placeholder_task, dead.id, "1", state=Running())
+        subflow = client.create_flow_run(_placeholder_flow, parent_task_run_id=placeholder.id, state=Running())
+        sub_step = client.create_task_run(_placeholder_task, subflow.id, "0", state=Running())
+        done = client.create_task_run(_placeholder_task, dead.id, "2", state=Completed())
+        current = client.create_flow_run(_placeholder_flow, state=Running())
+    assert crash_superseded_runs([str(dead.id), str(current.id)], str(current.id)) == 5
+    with get_client(sync_client=True) as client:
+        for run in (dead, subflow):
+            assert client.read_flow_run(run.id).state.type == StateType.CRASHED
+        for run in (step, placeholder, sub_step):
+            assert client.read_task_run(run.id).state.type == StateType.CRASHED
+        assert client.read_task_run(done.id).state.type == StateType.COMPLETED
+        assert client.read_flow_run(current.id).state.type == StateType.RUNNING

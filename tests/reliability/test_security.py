@@ -122,3 +122,11 @@ def test_pickle_weights_are_never_unpickled(tiny_model_dir, tmp_path):
 def test_ui_binds_loopback_only(tmp_path):
     command = ui_command(tmp_path, 5000)
     assert command[command.index("--host") + 1] == "127.0.0.1"
+
+
+@pytest.mark.reliability(area="security", fault="`judge.reward_fn` imports and runs the named module (preflight, judging)",
+                         expected="documented as code execution by design in the README's security notes")
+def test_reward_fn_code_execution_is_documented():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    notes = readme[readme.index("Security notes:"):]
+    assert "reward_fn" in notes and "code execution by design" in notes and "only name modules you trust" in notes
