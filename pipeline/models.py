@@ -393,7 +393,7 @@ def load_vllm_engine(
     """
     model_dir = Path(path)
     _check_model_dir(model_dir)
-    tokenizer = _load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     model = VllmEngine(model_dir, python=engine.python, dtype=dtype if engine.dtype == "auto" else engine.dtype,
                        tensor_parallel_size=engine.tensor_parallel_size,
                        gpu_memory_utilization=engine.gpu_memory_utilization,

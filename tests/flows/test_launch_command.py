@@ -13,7 +13,7 @@ FSDP = "accelerate/fsdp.yaml"  # relative to configs/, where the embedded run co
 
 def command(*overrides: str) -> list[str]:
     cmd = _launch_command(load_config(None, ["runtime.launcher=accelerate", *overrides]), "/tmp/spec.json")
-    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert cmd[:3] == [sys.executable, "-m", "pipeline.agent"]  # `accelerate launch` binding loopback
     assert cmd[-3:] == ["-m", "flows.launch", "/tmp/spec.json"]
     return cmd[3:-3]
 

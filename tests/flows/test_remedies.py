@@ -15,11 +15,12 @@ from pipeline.tracking import Tracker, default_tracking_uri
 from tests.flows.conftest import tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "no_mlflow_env")
-TRAINED = ["sft.num_train_steps=160", "sft.start_learning_rate=3e-3", "data.num_eft=96", "data.judge_holdout=16",
-           "data.num_self_instruct=24", "data.num_meta_judge=24", "iteration.judge.template=configs/judges/demo_rules.yaml",
-           "iteration.meta_judge.template=configs/judges/demo_meta.yaml", "iteration.judge.sampling.max_new_tokens=32",
-           "iteration.judge.sampling.temperature=1.0", "iteration.prompts.num_prompts=8", "model.tiny.max_position_embeddings=320",
-           "sft.max_len=256", "overrides.1.judge.reward_fn=null", "iterations=1", "eval.enabled=false"]
+TRAINED = ["sft.num_train_steps=200", "sft.start_learning_rate=3e-3", "model.tiny.hidden_size=64", "model.tiny.num_layers=2",
+           "model.tiny.intermediate_size=128", "model.tiny.max_position_embeddings=320", "sft.max_len=256",
+           "data.num_eft=96", "data.judge_holdout=16", "data.num_self_instruct=24", "data.num_meta_judge=24",
+           "iteration.judge.template=configs/judges/demo_rules.yaml", "iteration.meta_judge.template=configs/judges/demo_meta.yaml",
+           "iteration.judge.sampling.max_new_tokens=48", "iteration.prompts.num_prompts=8",
+           "overrides.1.judge.reward_fn=null", "iterations=1", "eval.enabled=false"]
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +64,15 @@ def test_every_remedy_runs_in_one_iteration(trained):
     assert record.summary["label_smoothing"] == consistency["label_smoothing"]
     assert record.summary["final/replay/nll"] > 0  # skill replay trained beside the pairs
     health = summary(it / "judge_health")
-    assert health["examples"] == 16 and health["judgments"] == 16 * 3
+    assert health["examples"] == 16 and health["judgments"] == 16 * 2  # K = 2 judgments each
     assert run.data.tags["selfreward.judge"] == "current judge: M2" and run.data.tags["selfreward.outcome"] == "completed"
     assert "judge_health/pairwise_accuracy" in run.data.metrics
 
 
 def test_a_judge_failing_its_gate_is_a_named_outcome(trained):
     with pytest.raises(DegenerateIterationError, match=r"iter-1: M2 failed the judge gate \(pairwise accuracy"):
-        run_iteration(trained, "iteration.judge.gate.min_pairwise_accuracy=1.0", "run_name=gate-stop")
+        run_iteration(trained, "iteration.judge.gate.min_pairwise_accuracy=1.0", "run_name=gate-stop",
+                      "iteration.on_degenerate=stop")
     record, run = run_iteration(trained, "iteration.judge.gate.min_pairwise_accuracy=1.0",
                                 "iteration.on_degenerate=skip", "run_name=gate-skip")
     assert record.summary["skipped"].startswith("M2 failed the judge gate") and record.summary["steps"] == 0
@@ -80,7 +82,8 @@ def test_a_judge_failing_its_gate_is_a_named_outcome(trained):
 def test_no_prompts_stops_or_falls_back_to_the_pool(trained):
     reject_all = ["iteration.prompts.min_chars=399", "iteration.prompts.max_chars=400"]
     with pytest.raises(DegenerateIterationError, match="iter-1: self-instruct produced no prompts"):
-        run_iteration(trained, *reject_all, "run_name=prompts-stop", "iteration.prompts.source=self_instruct")
+        run_iteration(trained, *reject_all, "run_name=prompts-stop", "iteration.prompts.source=self_instruct",
+                      "iteration.on_degenerate=stop")
     record, run = run_iteration(trained, *reject_all, "run_name=prompts-fallback", "iteration.prompts.source=self_instruct",
                                 "iteration.on_degenerate=fallback", "overrides.1.judge.reward_fn=tests.flows.rewards:distinct_letters")
     it = trained["run_dir"] / "iter-1"
