@@ -5,7 +5,7 @@ The data folder holds one JSON object per line in each file:
     ift.jsonl            {prompt, response}  instruction fine-tuning
     eft.jsonl            {prompt, response}  judge fine-tuning (rendered judge prompt, judgment)
     eft_heldout.jsonl    {prompt, response}  EFT examples never trained on: judge health
-    self_instruct.jsonl  {prompt, response}  few-shot prompt-writing examples built from the IFT and pool prompts
+    self_instruct.jsonl  {prompt, response}  few-shot prompt-writing examples built from the IFT prompts
     meta_judge.jsonl     {prompt, response}  meta-judge examples built from EFT (when asked for)
     seed_prompts.jsonl   {prompt}            the prompt pool
     eval.jsonl           {prompt}            held-out evaluation prompts
@@ -57,11 +57,12 @@ def write_run_data(config: RunConfig, out_dir: Path) -> dict[str, int]:
         held_out = min(data.judge_holdout, len(eft) // 2)
         write_jsonl(out_dir / HELDOUT_EFT, eft[:held_out])
         write_jsonl(out_dir / "eft.jsonl", eft[held_out:])
-    # Every prompt the user gave (instructions and the pool self-instruct continues) shows the skill.
-    prompts = [r["prompt"] for name in ("ift.jsonl", "seed_prompts.jsonl") for r in read_records(out_dir, name)]
+    # The instruction set shows the skill. (Adding the pool's prompts, 10x as many here, halved the demo
+    # M1's answers' score: the small model then mixes up writing a task and answering one.)
+    ift_prompts = [r["prompt"] for r in read_records(out_dir, "ift.jsonl")]
     if data.num_self_instruct:
         write_jsonl(out_dir / "self_instruct.jsonl",
-                    fewshot_examples(prompts, data.num_self_instruct, config.iteration.prompts.shots, seed))
+                    fewshot_examples(ift_prompts, data.num_self_instruct, config.iteration.prompts.shots, seed))
     if data.num_meta_judge and eft:
         template = judging.load_template(config.iteration.judge.template)
         meta = judging.load_meta_template(config.iteration.meta_judge.template)

@@ -92,7 +92,7 @@ class DataConfig(_Section):
         100, ge=0, description="EFT examples held out of training to measure every stage's judge (at most half)"
     )
     num_self_instruct: int = Field(
-        200, ge=0, description="SFT examples teaching the self-instruct format, built from the IFT and pool prompts"
+        200, ge=0, description="SFT examples teaching the self-instruct format, built from the IFT prompts"
     )
     num_meta_judge: int = Field(
         0, ge=0, description="SFT examples teaching meta-judging (which of two judgments is right), built from EFT"

@@ -20,7 +20,7 @@ def test_the_task_writes_every_file_and_a_user_file_replaces_its_part(tmp_path):
     assert counts == {"eft": 4, "eft_heldout": 2, "eval": 3, "ift": 4, "seed_prompts": 5, "self_instruct": 3}
     counts = write_run_data(load_config(None, [*SMALL, f"data.ift={own}"]), tmp_path / "mixed")
     assert counts["ift"] == 1 and read_records(tmp_path / "mixed", "ift.jsonl") == [{"prompt": "say hi", "response": "hi"}]
-    assert counts["self_instruct"] == 3  # the pool prompts show the skill too
+    assert counts["self_instruct"] == 0  # one IFT prompt cannot show a new task after an example
     assert read_records(tmp_path / "mixed", "missing.jsonl") == []
 
 
@@ -33,9 +33,9 @@ def test_held_out_judge_examples_are_never_trained_on_and_at_most_half(tmp_path)
     assert read_records(tmp_path / "again", "eft_heldout.jsonl") == held  # seeded
 
 
-def test_self_instruct_examples_use_the_generation_format_on_the_users_prompts(tmp_path):
+def test_self_instruct_examples_use_the_generation_format_on_the_ift_prompts(tmp_path):
     write_run_data(load_config(None, SMALL), tmp_path)
-    ift = {r["prompt"] for name in ("ift.jsonl", "seed_prompts.jsonl") for r in read_records(tmp_path, name)}
+    ift = {r["prompt"] for r in read_records(tmp_path, "ift.jsonl")}
     for row in read_records(tmp_path, "self_instruct.jsonl"):
         assert row["prompt"].startswith(FEWSHOT_INSTRUCTION) and row["prompt"].endswith(f"Task {row['prompt'].count('Task ')}:")
         shown = [p for p in ift if p in row["prompt"]]
