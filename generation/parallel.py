@@ -100,6 +100,8 @@ class DataParallelModel:
 
     def __init__(self, model: Any, shard: Shard | None = None) -> None:
         self.model, self.shard = model, shard or Shard()
+        # Prompts handed in, and those this process decoded itself: what each rank reports it did.
+        self.prompts_seen = self.prompts_decoded = 0
 
     @property
     def config(self) -> Any:
@@ -136,6 +138,8 @@ class DataParallelModel:
                             shared_prefix_len=prefix_len)
                 for b in shard_buckets(len(buckets), self.shard.rank, self.shard.world)
             }
+            self.prompts_seen += len(prompts)
+            self.prompts_decoded += sum(len(buckets[b]) for b in own)
             for part in self.shard.gather(own):
                 for b, completions in part.items():
                     for i, row in zip(buckets[b], completions, strict=True):
