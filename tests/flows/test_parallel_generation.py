@@ -7,9 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from flows import launch, steps
 from flows.stepdir import StepRecord
+from pipeline.models import set_torch_threads
 from pipeline.runlock import run_lock
 from tests.flows.conftest import tiny_config
 
@@ -17,7 +19,9 @@ pytestmark = pytest.mark.slow
 
 # Small batches, so every step's calls hold several buckets to share out; iteration 2 judges with the
 # model (the tiny config gives iteration 1 an external reward).
-SETTINGS = ["runtime.parallel_generation=true", "runtime.launcher=accelerate",
+# One torch thread in every process: torch's CPU kernels may round differently with another thread
+# count (bench_parallel.py saw 1 vs 2 threads change a few of 6,144 sampled judgments).
+SETTINGS = ["runtime.parallel_generation=true", "runtime.launcher=accelerate", "runtime.torch_threads=1",
             "iteration.candidates.sampling.batch_size=6", "iteration.judge.sampling.batch_size=4"]
 ITERATION = 2
 
@@ -38,6 +42,16 @@ def untimed(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if "second" not in k}
 
 
+@pytest.fixture
+def flow_threads():
+    """This process's torch threads as the flow sets them from `runtime.torch_threads` (restored after)."""
+    before = torch.get_num_threads()
+    set_torch_threads(tiny_config(*SETTINGS).runtime.torch_threads)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("flow_threads")
 def test_two_processes_write_what_one_process_writes(tmp_path, capfd):
     config = tiny_config(*SETTINGS)
     data = steps.data_step(config, tmp_path / "shared")
