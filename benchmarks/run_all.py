@@ -20,7 +20,7 @@ from common import RESULTS_DIR, ROOT, format_table, load_average, machine_info, 
 
 HERE = Path(__file__).resolve().parent
 # Order: the cheap, self-contained ones first; the whole-flow run last.
-BENCHMARKS = ["dpo", "sampling", "ceiling", "memory", "lora", "engines", "iteration"]
+BENCHMARKS = ["dpo", "sampling", "ceiling", "memory", "lora", "engines", "parallel", "iteration"]
 
 
 def _summary_lines(name: str, data: dict) -> list[list[str]]:
@@ -53,6 +53,11 @@ def _summary_lines(name: str, data: dict) -> list[list[str]]:
                 [name, "vLLM start", f"{data['vllm']['start_s']:.1f} s per model"],
                 [name, "generation per iteration", f"native {estimate['native_s']:.1f} s, vLLM {estimate['vllm_s']:.1f} s "
                  "(two starts)"]]
+    if name == "parallel":
+        summary, two = data["summary"], data["summary"]["contenders"]["2x1"]
+        return [[name, f"judge step, 2 processes vs {one}", f"judging {summary[f'judging_speedup_vs_{one}']:.2f}x "
+                 f"faster, whole step {summary[f'step_speedup_vs_{one}']:.2f}x ({two['step_s']:.1f} s with launch); "
+                 f"identical output: {summary['identical_output']}"] for one in ("1x1", "1x2")]
     if name == "iteration":
         return [[name, "iteration 1 wall", f"{data['iteration_wall_s']:.1f} s, orchestration + tracking "
                  f"{data['iteration_overhead_share']:.1%}"]] + [

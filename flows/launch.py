@@ -1,12 +1,22 @@
-"""Training steps in the flow process, or as `accelerate launch` subprocesses (multi-GPU).
+"""Training and generation steps in the flow process, or as `accelerate launch` subprocesses.
 
-`launch_sft` and `launch_dpo` are what the flows call. With `runtime.launcher: accelerate` they write
-a small JSON spec and run `accelerate launch --num_processes N -m flows.launch SPEC`; every rank runs
-the same step function, the main rank publishes the step folder, and the parent reads its manifest.
-The ranks log their curves to the same MLflow run (by id), so both paths look the same in the UI.
+`launch_sft` and `launch_dpo` are what the flows call to train. With `runtime.launcher: accelerate`
+they write a small JSON spec and run `accelerate launch --num_processes N -m flows.launch SPEC`;
+every rank runs the same step function, the main rank publishes the step folder, and the parent
+reads its manifest. The ranks log their curves to the same MLflow run (by id), so both paths look
+the same in the UI.
+
+`data_parallel(step)` is a generation step (prompts, candidates, judging, evaluation) as
+`runtime.parallel_generation` says: unchanged when it is off; else its models split every
+`generate` call by bucket with one seed per bucket (`generation.DataParallelModel`), in the flow
+process, or, with `launcher: accelerate` and several processes, on launched ranks that each decode
+their share of the buckets and gather the rest, the same way as the training steps. The output is
+the same for 1 and N processes.
 """
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 import socket
@@ -21,13 +31,26 @@ from accelerate import PartialState
 
 from flows import steps
 from flows.stepdir import StepRecord, launch_rank
-from pipeline.config import RunConfig
+from generation import DataParallelModel, Shard
+from pipeline.config import RunConfig, RuntimeConfig
 from pipeline.lifeline import die_with_launcher, launcher_env
-from pipeline.models import select_device, set_torch_threads
+from pipeline.models import InferenceModel, select_device, set_torch_threads
 from pipeline.tracking import Tracker
 
 # The steps a launched process may run, by name.
 TRAINING_STEPS: dict[str, Callable[..., StepRecord]] = {fn.__name__: fn for fn in (steps.sft_step, steps.dpo_step)}
+
+# The generation steps: each one's loaded-model arguments, and the record whose model each one holds.
+GENERATION_STEPS: dict[Callable[..., StepRecord], dict[str, str]] = {
+    steps.prompts_step: {"loaded": "model"},
+    steps.candidates_step: {"loaded": "model", "anchor_loaded": "anchor"},
+    steps.judge_step: {"loaded": "judge"},
+    steps.meta_judge_step: {"loaded": "judge"},
+    steps.consistency_step: {"loaded_previous": "previous"},
+    steps.eval_step: {"loaded": "model"},
+    steps.judge_health_step: {"loaded": "model"},
+}
+_GENERATION_BY_NAME = {fn.__name__: fn for fn in GENERATION_STEPS}
 
 
 class CurveTarget(NamedTuple):
@@ -55,16 +78,23 @@ def _launch(step: Callable[..., StepRecord], config: RunConfig, run_dir: Path, c
             **inputs: Any) -> StepRecord:
     if config.runtime.launcher == "inprocess":
         return _train_here(step, config, Path(run_dir), curves, inputs)
+    _run_ranks(step, config, config, run_dir, curves, inputs)
+    # The subprocess published the step folder; running the step again reads its record back.
+    return _train_here(step, config, Path(run_dir), None, inputs)
+
+
+def _run_ranks(step: Callable[..., StepRecord], config: RunConfig, launch: RunConfig, run_dir: Path,
+               curves: CurveTarget | None, inputs: dict[str, Any]) -> None:
+    """Run `step` on the ranks of an `accelerate launch` built from `launch.runtime`; returns once
+    they are done (the main rank has published the step folder)."""
     spec = {"step": step.__name__, "config": config.model_dump(mode="json"), "run_dir": str(run_dir),
             "curves": curves, "inputs": {k: v.model_dump() if isinstance(v, StepRecord) else v for k, v in inputs.items()}}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
     try:  # the agent and its ranks die with this process and never publish once it is gone
-        subprocess.run(_launch_command(config, f.name), check=True, env={**os.environ, **launcher_env(run_dir)})
+        subprocess.run(_launch_command(launch, f.name), check=True, env={**os.environ, **launcher_env(run_dir)})
     finally:
         os.unlink(f.name)
-    # The subprocess published the step folder; running the step again reads its record back.
-    return _train_here(step, config, Path(run_dir), None, inputs)
 
 
 def _train_here(step: Callable[..., StepRecord], config: RunConfig, run_dir: Path, curves: CurveTarget | None,
@@ -75,6 +105,95 @@ def _train_here(step: Callable[..., StepRecord], config: RunConfig, run_dir: Pat
         log_fn = tracker.buffered_metrics(curves.run_id, config.tracking.metrics_flush_seconds)
     with log_fn or contextlib.nullcontext():  # leaving it sends the last curve points, also on failure
         return step(config, run_dir=run_dir, log_fn=log_fn, **inputs)
+
+
+# ---------------------------------------------------------------- data-parallel generation
+
+
+def launches_generation(runtime: RuntimeConfig) -> bool:
+    """Whether the generation steps run on launched ranks (else in the flow process)."""
+    return runtime.parallel_generation and runtime.launcher == "accelerate" and runtime.num_processes > 1
+
+
+class _RanksNeeded(Exception):
+    """A step asked for its model in the flow process although it is to run on launched ranks."""
+
+
+class _OnRanks:
+    """Stands in for a step's model in the flow process while the step belongs on launched ranks."""
+
+    def get(self) -> tuple[Any, Any]:
+        raise _RanksNeeded
+
+
+class _ShardedModel:
+    """A loaded model (`InferenceModel`) whose `generate` calls are split by bucket over `shard`."""
+
+    def __init__(self, loaded: InferenceModel, shard: Shard) -> None:
+        self.loaded, self.shard = loaded, shard
+        self.parallel: DataParallelModel | None = None  # one per step, so its counts cover the step
+
+    def get(self) -> tuple[DataParallelModel, Any]:
+        model, tokenizer = self.loaded.get()
+        if self.parallel is None:
+            self.parallel = DataParallelModel(model, self.shard)
+        return self.parallel, tokenizer
+
+
+def data_parallel(step: Callable[..., StepRecord]) -> Callable[..., StepRecord]:
+    """A generation step (a key of `GENERATION_STEPS`) as `runtime.parallel_generation` says, with
+    the step's own signature (what Prefect reads).
+
+    Off: the step as it is. On, in one process: its models generate bucket by bucket, one seed per
+    bucket. On with `launcher: accelerate` and several processes: the step first runs here with
+    stand-ins for its models, so a finished step reads its folder back and a step that needs no
+    model (prompts drawn from the pool, an external reward) finishes without starting a process;
+    the first time it asks for a model, it runs on `num_processes` launched ranks instead.
+    """
+    models, signature = GENERATION_STEPS[step], inspect.signature(step)
+
+    @functools.wraps(step)
+    def run(*args: Any, **kwargs: Any) -> StepRecord:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        inputs, config = dict(bound.arguments), bound.arguments["config"]
+        if not config.runtime.parallel_generation:
+            return step(**inputs)
+        if not launches_generation(config.runtime):
+            return step(**{**inputs, **_sharded_models(step, inputs, Shard())})
+        with contextlib.suppress(_RanksNeeded):
+            return step(**{**inputs, **_stand_ins(step, inputs)})
+        plain = {k: v for k, v in inputs.items() if k not in ("config", "run_dir", *models)}
+        _run_ranks(step, config, _generation_launch(config), inputs["run_dir"], None, plain)
+        try:  # the ranks published the step folder: this reads its record back
+            return step(**{**inputs, **_stand_ins(step, inputs)})
+        except _RanksNeeded:
+            raise RuntimeError(f"{step.__name__}: the launched ranks ended without publishing the step") from None
+
+    return run
+
+
+def _stand_ins(step: Callable[..., StepRecord], inputs: dict[str, Any]) -> dict[str, _OnRanks | None]:
+    return {name: _OnRanks() if inputs.get(name) is not None or inputs.get(record) is not None else None
+            for name, record in GENERATION_STEPS[step].items()}
+
+
+def _sharded_models(step: Callable[..., StepRecord], inputs: dict[str, Any], shard: Shard) -> dict[str, _ShardedModel | None]:
+    """The step's model arguments split over `shard`: the loaded models it was given, else those of
+    their records (loaded on first use)."""
+    sharded = {}
+    for name, record in GENERATION_STEPS[step].items():
+        loaded = inputs.get(name)
+        if loaded is None and inputs.get(record) is not None:
+            loaded = steps.inference_model(inputs["config"], inputs[record])
+        sharded[name] = _ShardedModel(loaded, shard) if loaded is not None else None
+    return sharded
+
+
+def _generation_launch(config: RunConfig) -> RunConfig:
+    """The launch settings of a generation step: the training launch's, without its accelerate config
+    file (FSDP and DeepSpeed shard training; each generation rank holds the whole model)."""
+    return config.model_copy(update={"runtime": config.runtime.model_copy(update={"accelerate_config": None})})
 
 
 def _launch_command(config: RunConfig, spec_path: str) -> list[str]:
@@ -121,16 +240,30 @@ def _free_port() -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of one `accelerate launch` rank: `python -m flows.launch SPEC.json`."""
+    """Entry point of one `accelerate launch` rank: `python -m flows.launch SPEC.json` (a training or a
+    generation step)."""
     die_with_launcher()
     spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     config = RunConfig.model_validate(spec["config"])
     set_torch_threads(config.runtime.torch_threads)
     # The process state is shared by every Accelerator made later (the trainer's included).
-    PartialState(cpu=select_device(config.model.device).type == "cpu")
+    state = PartialState(cpu=select_device(config.model.device).type == "cpu")
     inputs = {k: StepRecord.model_validate(v) if isinstance(v, dict) else v for k, v in spec["inputs"].items()}
-    curves = CurveTarget(*spec["curves"]) if spec["curves"] else None
-    _train_here(TRAINING_STEPS[spec["step"]], config, Path(spec["run_dir"]), curves, inputs)
+    run_dir = Path(spec["run_dir"])
+    if spec["step"] in TRAINING_STEPS:
+        curves = CurveTarget(*spec["curves"]) if spec["curves"] else None
+        _train_here(TRAINING_STEPS[spec["step"]], config, run_dir, curves, inputs)
+        return
+    step, shard = _GENERATION_BY_NAME[spec["step"]], Shard.from_process_group()
+    if shard.world != state.num_processes:
+        raise RuntimeError(f"{state.num_processes} processes were launched but {shard.world} share generation")
+    models = _sharded_models(step, {"config": config, **inputs}, shard)
+    step(config, run_dir=run_dir, **inputs, **models)
+    # Each rank says what share it decoded: the evidence that the work was really split.
+    for name, model in models.items():
+        if model is not None and model.parallel is not None:
+            print(f"flows.launch: rank {shard.rank}/{shard.world} {step.__name__} {name}: decoded "
+                  f"{model.parallel.prompts_decoded} of {model.parallel.prompts_seen} prompts", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

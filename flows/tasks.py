@@ -2,7 +2,9 @@
 
 Resume is decided by the step folders (`flows/stepdir.py`), so Prefect's own result cache is off:
 a wiped Prefect home, or a deployment with another home, resumes the same way. Every task run is
-named `<step>` or `<step>-<stage>` (`sft`, `judge-iter-2`, `eval-iter-2`).
+named `<step>` or `<step>-<stage>` (`sft`, `judge-iter-2`, `eval-iter-2`). The training steps go
+through `flows.launch`'s launchers and the generation steps through `launch.data_parallel`, so
+`runtime` decides where each runs.
 """
 
 from typing import NamedTuple
@@ -51,15 +53,15 @@ TASKS = StepTasks(
     data=_step_task(steps.data_step, "data", "data"),
     base_model=_step_task(steps.base_model_step, "base-model", "base-model"),
     sft=_step_task(launch.launch_sft, "sft", "sft"),
-    prompts=_step_task(steps.prompts_step, "prompts", "prompts-iter-{iteration}"),
-    candidates=_step_task(steps.candidates_step, "candidates", "candidates-iter-{iteration}"),
-    judge=_step_task(steps.judge_step, "judge", "judge-iter-{iteration}"),
-    meta_judge=_step_task(steps.meta_judge_step, "meta-judge", "meta-judge-iter-{iteration}"),
-    consistency=_step_task(steps.consistency_step, "consistency", "consistency-iter-{iteration}"),
+    prompts=_step_task(launch.data_parallel(steps.prompts_step), "prompts", "prompts-iter-{iteration}"),
+    candidates=_step_task(launch.data_parallel(steps.candidates_step), "candidates", "candidates-iter-{iteration}"),
+    judge=_step_task(launch.data_parallel(steps.judge_step), "judge", "judge-iter-{iteration}"),
+    meta_judge=_step_task(launch.data_parallel(steps.meta_judge_step), "meta-judge", "meta-judge-iter-{iteration}"),
+    consistency=_step_task(launch.data_parallel(steps.consistency_step), "consistency", "consistency-iter-{iteration}"),
     pairs=_step_task(steps.pairs_step, "pairs", "pairs-iter-{iteration}"),
     dpo=_step_task(launch.launch_dpo, "dpo", "dpo-iter-{iteration}"),
-    evaluate=_step_task(steps.eval_step, "eval", "eval-{stage}"),
-    judge_health=_step_task(steps.judge_health_step, "judge-health", "judge-health-{stage}"),
+    evaluate=_step_task(launch.data_parallel(steps.eval_step), "eval", "eval-{stage}"),
+    judge_health=_step_task(launch.data_parallel(steps.judge_health_step), "judge-health", "judge-health-{stage}"),
 )
 
 

@@ -1,6 +1,6 @@
 """Sampling from Hugging Face causal LMs: chat prompts, batched KV-cached decoding (or vLLM in its
-own virtualenv, `VllmEngine`), self-instruct prompts, and the prompts and candidates files of the
-loop's first two steps."""
+own virtualenv, `VllmEngine`; or split by bucket over processes, `DataParallelModel`), self-instruct
+prompts, and the prompts and candidates files of the loop's first two steps."""
 
 from generation.candidates import (
     CANDIDATES_FILE,
@@ -17,11 +17,13 @@ from generation.decoding import (
     PromptError,
     common_prefix_len,
     generate,
+    plan_buckets,
     prompt_budget,
 )
 from generation.filters import PromptFilter, PromptPool, RejectReason, lcs_length, rouge_l
 from generation.jsonl import iter_jsonl, write_jsonl
 from generation.next_token import SamplingParams, SamplingParamsError, sample_next_tokens
+from generation.parallel import DataParallelModel, Shard, bucket_seed, shard_buckets
 from generation.prompt_io import PromptFileError, read_prompts
 from generation.prompts import (
     FEWSHOT_INSTRUCTION,
@@ -44,6 +46,7 @@ __all__ = [
     "PROMPTS_FILE",
     "CandidatesSummary",
     "Completion",
+    "DataParallelModel",
     "EngineUnavailableError",
     "GenerationEngine",
     "GeneratedPrompts",
@@ -56,8 +59,10 @@ __all__ = [
     "RejectReason",
     "SamplingParams",
     "SamplingParamsError",
+    "Shard",
     "VllmEngine",
     "VllmEngineError",
+    "bucket_seed",
     "build_fewshot_prompt",
     "check_vllm_python",
     "common_prefix_len",
@@ -68,6 +73,7 @@ __all__ = [
     "generate",
     "iter_jsonl",
     "lcs_length",
+    "plan_buckets",
     "prompt_budget",
     "read_candidates",
     "read_prompt_file",
@@ -78,6 +84,7 @@ __all__ = [
     "sample_next_tokens",
     "sample_pool",
     "self_instruct",
+    "shard_buckets",
     "write_jsonl",
     "write_prompt_file",
 ]

@@ -245,11 +245,13 @@ def _decode_bucket(
         logits = _decode_step(call, rows, tokens)
 
 
-def _buckets(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
-    """Indices grouped into batches of similar length, longest first (less padding, early OOM)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+def plan_buckets(prompts: Sequence[Sequence[int]], batch_size: int, num_samples: int = 1) -> list[list[int]]:
+    """The buckets `generate` decodes, in its order: prompt indices grouped by similar length, longest
+    first (less padding, an early OOM), whole prompts of `max(1, batch_size // num_samples)` per bucket,
+    so a prompt's samples share one prefill."""
+    per_bucket = max(1, batch_size // num_samples)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    return [order[start : start + per_bucket] for start in range(0, len(order), per_bucket)]
 
 
 def common_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
@@ -389,9 +391,7 @@ def generate(
         prefix = (
             (_prefill_prefix(call, prompts[0][:prefix_len], device), prefix_len) if prefix_len else None
         )
-        # A bucket holds whole prompts: their samples share one prefill (a prompt's KV is computed once).
-        prompts_per_bucket = max(1, params.batch_size // num_samples)
-        for bucket in _buckets([len(p) for p in prompts], prompts_per_bucket):
+        for bucket in plan_buckets(prompts, params.batch_size, num_samples):
             _decode_bucket(call, bucket, prompts, num_samples, prefix, outputs, params, generator, pad_id)
     completions = [
         Completion(tokens, tokenizer.decode(tokens, skip_special_tokens=True).strip(), finished)

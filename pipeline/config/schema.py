@@ -255,6 +255,9 @@ class RuntimeConfig(_Section):
 
     launcher: Literal["inprocess", "accelerate"] = "inprocess"
     num_processes: int = Field(1, ge=1)
+    parallel_generation: bool = Field(
+        False, description="prompts, candidates, judging and evaluation split each batch of prompts by bucket, one seed per bucket (the same output on any number of processes); with launcher: accelerate, over num_processes launched ranks"
+    )
     retries: int = Field(1, ge=0, description="Prefect retries per step")
     retry_delay_seconds: float = Field(2.0, ge=0)
     torch_threads: int | None = Field(
@@ -341,6 +344,13 @@ class RunConfig(_Section):
                 raise ValueError(f"overrides has iteration {it}, but iterations is {self.iterations}")
         for it in self.overrides:
             self.iteration_config(it)  # validates every merged iteration now, not mid-run
+        return self
+
+    @model_validator(mode="after")
+    def _parallel_generation_is_native(self) -> "RunConfig":
+        if self.runtime.parallel_generation and self.engine.name != "native":
+            raise ValueError("runtime.parallel_generation splits the native engine's batches over processes; "
+                             "vLLM spreads one model over GPUs with engine.tensor_parallel_size instead")
         return self
 
     @model_validator(mode="after")
