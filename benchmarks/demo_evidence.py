@@ -40,6 +40,8 @@ from typing import Any
 
 from common import ROOT, format_table, load_average, now, parse_args, print_header, write_result
 
+from pipeline.config import load_config
+
 NAME = "demo_evidence"
 METRICS = ["gt_score", "judge_accuracy", "judge_parse_failures", "parse_failure_rate", "num_pairs", "diversity",
            "num_prompts", "valid_task_share", "judge_pairwise_accuracy"]
@@ -111,13 +113,21 @@ def run_demo(output: Path, run_name: str, overrides: list[str], config: str | No
     return {"run_name": run_name, "wall_seconds": round(seconds, 1), "rows": rows, "log": str(log)}
 
 
-def share_steps(source_run: Path, target_run: Path, steps: list[str]) -> list[str]:
+def share_steps(source_run: Path, target_run: Path, steps: list[str], config) -> list[str]:
     """Copy finished step folders of one run into a new run folder, manifests re-pointed to the copy.
 
     The flow reuses a step folder whose manifest fingerprint matches its inputs, so the copies are
-    used only where the new run's inputs are identical (else the step is recomputed).
+    used only where the new run's inputs are identical (else the step is recomputed). The folder gets
+    the new run's resolved `config` and a fresh identity first, so `selfreward run` takes it as that
+    run's folder (it refuses to write into a folder that is not a run's).
     """
     from flows.stepdir import MANIFEST, StepRecord
+    from pipeline.rundir import RunIdentity, write_config, write_identity
+
+    target_run.mkdir(parents=True, exist_ok=True)
+    write_config(target_run, config)
+    if not (target_run / ".identity.json").exists():
+        write_identity(target_run, RunIdentity())
 
     copied = []
     for step in steps:
@@ -139,9 +149,11 @@ def run_arm(args, output: Path, overrides: list[str], arm: str, seed: int) -> di
     seed_dir = output / f"seed-{seed}"
     run_name = f"{arm.replace('_', '-')}-seed{seed}"
     reference = seed_dir / f"default-seed{seed}"
+    sets = [f"seed={seed}", *EVERY_ARM, *overrides, *ARMS[arm]]
     shared = [] if arm == "default" else share_steps(
-        reference, seed_dir / run_name, CONTROL_SHARED if arm == "random_pairs" else SHARED_STEPS)
-    run = run_demo(seed_dir, run_name, [f"seed={seed}", *EVERY_ARM, *overrides, *ARMS[arm]], args.config, args.threads)
+        reference, seed_dir / run_name, CONTROL_SHARED if arm == "random_pairs" else SHARED_STEPS,
+        load_config(args.config, [f"run_name={run_name}", *sets]))
+    run = run_demo(seed_dir, run_name, sets, args.config, args.threads)
     run.update(arm=arm, seed=seed, shared_steps=shared)
     first, last = run["rows"][0], run["rows"][-1]
     print(f"seed {seed} {arm:<13} {run['wall_seconds']:6.1f}s  M1 gt_score {first.get('gt_score', float('nan')):.3f}"
