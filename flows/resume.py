@@ -23,7 +23,7 @@ from flows.superseded import crash_superseded_runs
 from pipeline.config import RunConfig
 from pipeline.inputs import InputChangedError, changed_inputs, write_inputs
 from pipeline.rundir import check_saved_config, read_identity, write_config, write_identity
-from pipeline.tracking import Tracker, registered_model_name
+from pipeline.tracking import Tracker, portable_paths, registered_model_name
 
 __all__ = ["open_run", "trained_stages"]
 
@@ -52,7 +52,8 @@ def open_run(config: RunConfig, output: Path, tracker: Tracker, flow_run_id: str
     write_identity(run_dir, identity)  # before the parent run exists: a kill in between finds it by this id
     write_inputs(run_dir, config)
     write_config(run_dir, config)
-    parent = tracker.start_pipeline(config.run_name, config.model_dump(mode="json"), config.fingerprint(), tags,
+    parent = tracker.start_pipeline(config.run_name, portable_paths(config.model_dump(mode="json"), output),
+                                    config.fingerprint(), tags,
                                     identity=identity.run_uid, location=str(run_dir), legacy=identity.legacy,
                                     registered_model=model)
     identity.legacy = False  # an adopted parent is tagged with the identity now

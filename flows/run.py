@@ -67,7 +67,7 @@ def self_rewarding_flow(
 def _run(config: RunConfig, output: Path) -> dict[str, Any]:
     set_torch_threads(config.runtime.torch_threads)
     tasks, tracking_uri = step_tasks(config.runtime), default_tracking_uri(output)
-    tracker = Tracker.from_config(tracking_uri, config.tracking, artifact_root=output / "mlartifacts")
+    tracker = Tracker.from_config(tracking_uri, config.tracking)
     prefect_tags = {"prefect.flow_run_id": str(flow_run.id)}
     run_dir, parent = open_run(config, output, tracker, str(flow_run.id), prefect_tags)
     get_run_logger().info("run %s in %s; MLflow %s", config.run_name, run_dir, tracker.run_url(parent))

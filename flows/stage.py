@@ -11,6 +11,7 @@ run as `selfreward.outcome`:
 """
 
 import math
+import os
 from pathlib import Path
 
 from prefect import get_run_logger
@@ -72,7 +73,8 @@ def record_stage(tracker: Tracker, config: RunConfig, run_dir: Path, parent_run_
             tracker.log_artifact(run_id, png, "plots")
     if "pairs" in step_records:
         tracker.log_artifact(run_id, Path(step_records["pairs"].path) / "pairs.jsonl", "pairs")
-    tags = {"selfreward.checkpoint": str(model_dir(model)), TAG_OUTCOME: outcome}
+    # Relative to the output folder, like every path MLflow keeps of a run: the folder may move.
+    tags = {"selfreward.checkpoint": os.path.relpath(model_dir(model), run_dir.parent), TAG_OUTCOME: outcome}
     if config.tracking.log_checkpoints:
         name = config.tracking.registered_model or f"{config.run_name}-policy"
         tags["selfreward.model_version"] = tracker.register_checkpoint(run_id, model_dir(model), name, alias=stage)

@@ -118,7 +118,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     tracking_uri = default_tracking_uri(output)
     if tracking_uri.startswith("sqlite") and not (output / "mlflow.db").is_file():
         return _fail(f"no MLflow store in {output} (expected {output / 'mlflow.db'}); run `selfreward run` first")
-    tracker = Tracker(tracking_uri, args.experiment, artifact_root=output / "mlartifacts")
+    tracker = Tracker(tracking_uri, args.experiment)
     run_name = args.run_name or tracker.latest_pipeline_name()
     parent = tracker.find_pipeline(run_name) if run_name else None
     if parent is None:

@@ -19,6 +19,7 @@ from pipeline.tracking.tracker import (
     Tracker,
     default_tracking_uri,
     flatten,
+    portable_paths,
     registered_model_name,
 )
 
@@ -36,5 +37,6 @@ __all__ = [
     "TrackingUnavailableError",
     "default_tracking_uri",
     "flatten",
+    "portable_paths",
     "registered_model_name",
 ]

@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
+from pipeline.artifact_store import LOCATION, local_artifact_root, register_resolver
 from pipeline.metric_buffer import MetricBuffer
 from pipeline.tracking.retry import UNREACHABLE, retrying
 
@@ -71,6 +72,19 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def portable_paths(values: Any, base: Path) -> Any:
+    """`values` (a config dump) with every absolute path of an existing file or folder written relative
+    to `base`, the output folder: the params of a run then still point at its inputs when the output
+    folder moves together with them, and never at another machine's layout."""
+    if isinstance(values, Mapping):
+        return {key: portable_paths(value, base) for key, value in values.items()}
+    if isinstance(values, list):
+        return [portable_paths(value, base) for value in values]
+    if isinstance(values, str) and os.path.isabs(values) and os.path.exists(values):
+        return os.path.relpath(values, base)
+    return values
+
+
 class Tracker:
     """Parent/child MLflow runs for one pipeline run, resumable by tags."""
 
@@ -78,7 +92,6 @@ class Tracker:
         self,
         tracking_uri: str,
         experiment: str,
-        artifact_root: Path | None = None,
         *,
         retries: int = 5,
         retry_backoff_seconds: float = 2.0,
@@ -87,8 +100,9 @@ class Tracker:
 
         Args:
             tracking_uri: MLflow tracking URI (a server URL or a sqlite store).
-            experiment: Experiment name.
-            artifact_root: Artifact folder of a new experiment in a local sqlite store.
+            experiment: Experiment name. Created in a local sqlite store, its artifact location is
+                `mlflow-artifacts:/`: `mlartifacts/` beside the sqlite file, wherever it is now
+                (`pipeline.artifact_store`).
             retries: Retries of a call that failed to reach the store (0: fail at once).
             retry_backoff_seconds: First wait between retries; doubles each time, at most 30 s.
 
@@ -101,8 +115,9 @@ class Tracker:
         self._last_step: dict[tuple[str, str], int] = {}  # (run, metric key) -> last step stored
         self._known_keys: dict[str, set[str]] = {}  # run -> metric keys it had when first seen
         self._moved: tuple[str, str] | None = None  # see _moved_artifacts
+        register_resolver()
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_id = self._experiment(experiment, artifact_root)
+        self.experiment_id = self._experiment(experiment)
 
     def forget_logged_steps(self) -> None:
         """Ask the store again which metric steps it holds (after a call that may or may not have landed)."""
@@ -110,19 +125,20 @@ class Tracker:
         self._known_keys.clear()
 
     @classmethod
-    def from_config(cls, tracking_uri: str, tracking: Any, artifact_root: Path | None = None) -> "Tracker":
+    def from_config(cls, tracking_uri: str, tracking: Any) -> "Tracker":
         """A Tracker with the experiment and retry settings of a config's `tracking` section."""
-        return cls(tracking_uri, tracking.experiment, artifact_root, retries=tracking.retries,
+        return cls(tracking_uri, tracking.experiment, retries=tracking.retries,
                    retry_backoff_seconds=tracking.retry_backoff_seconds)
 
     @retrying
-    def _experiment(self, name: str, artifact_root: Path | None) -> str:
+    def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             self._moved = self._moved_artifacts(found.artifact_location)
             return found.experiment_id
-        # With a local sqlite store, keep artifacts beside it rather than in the CWD's ./mlruns.
-        location = artifact_root.resolve().as_uri() if artifact_root and self.tracking_uri.startswith("sqlite") else None
+        # A local sqlite store keeps its artifacts beside it, with no absolute path in the store, so
+        # the output folder can move; a tracking server chooses its own location (its artifact proxy).
+        location = LOCATION if local_artifact_root(self.tracking_uri) else None
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:  # created concurrently by another process
@@ -305,8 +321,9 @@ class Tracker:
         return runs[0].data.tags[TAG_RUN_NAME] if runs else None
 
     def _moved_artifacts(self, location: str) -> tuple[str, str] | None:
-        """(stored, real) artifact root when the default sqlite store moved with its output folder: MLflow
-        keeps the artifact location as an absolute path, so the run would write into the old folder."""
+        """(stored, real) artifact root when a sqlite store made before artifact locations were
+        `mlflow-artifacts:/` moved with its output folder: such an experiment keeps the absolute
+        `file://` location it was created with, so the run would write into the old folder."""
         if not (self.tracking_uri.startswith("sqlite:///") and location.startswith("file:")):
             return None
         here = (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
