@@ -20,7 +20,9 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from flows.stepdir import StepRecord, model_dir
 from flows.steps import inference_model
 from flows.tasks import StepTasks
+from generation import render_chat_prompt
 from pipeline.config import RunConfig
+from pipeline.models import InferenceModel, load_model_and_tokenizer
 from pipeline.report import (
     CURVES,
     artifact_key,
@@ -28,8 +30,9 @@ from pipeline.report import (
     plot_score_histogram,
     stage_name,
     stage_summary_markdown,
+    version_description,
 )
-from pipeline.tracking import TAG_OUTCOME, Tracker
+from pipeline.tracking import TAG_OUTCOME, ModelRegistry, Tracker, registered_model_name
 
 
 def finish_stage(tasks: StepTasks, tracker: Tracker, config: RunConfig, run_dir: Path, parent_run_id: str,
@@ -39,12 +42,12 @@ def finish_stage(tasks: StepTasks, tracker: Tracker, config: RunConfig, run_dir:
     outcome = stage_outcome(index, model, step_records.get("judgments"))
     if outcome != "completed":
         get_run_logger().warning("%s: %s", stage, outcome)
-    loaded = inference_model(config, model)  # read by both steps, loaded once
+    loaded = inference_model(config, model)  # read by both steps and the model registry, loaded once
     evaluation = tasks.evaluate(config, stage, run_dir, model, data, loaded) if config.eval.enabled else None
     health = tasks.judge_health(config, stage, run_dir, model, data, loaded)
-    loaded.release()
     metrics = record_stage(tracker, config, run_dir, parent_run_id, run_id, index, model, evaluation, outcome,
-                           judge_health=health, **step_records)
+                           loaded=loaded, judge_health=health, **step_records)
+    loaded.release()
     create_markdown_artifact(stage_summary_markdown(config.run_name, stage, metrics, tracker.run_url(run_id)),
                              key=artifact_key(config.run_name, stage), description=f"{config.run_name} {stage} summary")
     if tracker.tracking_uri.startswith("http"):
@@ -52,7 +55,7 @@ def finish_stage(tasks: StepTasks, tracker: Tracker, config: RunConfig, run_dir:
 
 
 def record_stage(tracker: Tracker, config: RunConfig, run_dir: Path, parent_run_id: str, run_id: str, index: int,
-                 model: StepRecord, evaluation: StepRecord | None, outcome: str,
+                 model: StepRecord, evaluation: StepRecord | None, outcome: str, loaded: InferenceModel | None = None,
                  **step_records: StepRecord) -> dict[str, float]:
     """Log a finished stage to MLflow: step summaries on the child, per-stage summary on the parent
     (step = the stage index), plots, pairs, and the checkpoint as a registered model version."""
@@ -76,11 +79,31 @@ def record_stage(tracker: Tracker, config: RunConfig, run_dir: Path, parent_run_
     # Relative to the output folder, like every path MLflow keeps of a run: the folder may move.
     tags = {"selfreward.checkpoint": os.path.relpath(model_dir(model), run_dir.parent), TAG_OUTCOME: outcome}
     if config.tracking.log_checkpoints:
-        name = config.tracking.registered_model or f"{config.run_name}-policy"
-        tags["selfreward.model_version"] = tracker.register_checkpoint(run_id, model_dir(model), name, alias=stage)
+        tags["selfreward.model_version"] = register_model(tracker, config, run_dir, run_id, stage, model, loaded,
+                                                          summary, outcome)
     tracker.set_tags(run_id, tags)
     tracker.finish(run_id)
     return summary
+
+
+def register_model(tracker: Tracker, config: RunConfig, run_dir: Path, run_id: str, stage: str, model: StepRecord,
+                   loaded: InferenceModel | None, summary: dict[str, float], outcome: str) -> str:
+    """Log the stage's model as an MLflow transformers model, register it as a version of the run's
+    registered model with the stage's metrics as its description, and point the stage's alias at it."""
+    registry = ModelRegistry(tracker, registered_model_name(config.run_name, config.tracking.registered_model))
+
+    def load():
+        if loaded is not None and config.engine.name == "native":
+            return loaded.get()  # the model the evaluation just read
+        return load_model_and_tokenizer(model_dir(model), device="cpu", dtype=config.model.dtype)
+
+    version = registry.register(
+        run_id, load, render=render_chat_prompt, max_new_tokens=config.iteration.candidates.sampling.max_new_tokens,
+        source_name=os.path.relpath(model_dir(model), run_dir.parent),
+        description=version_description(config.run_name, stage, summary, outcome),
+        tags={"selfreward.run_name": config.run_name, "selfreward.stage": stage, TAG_OUTCOME: outcome})
+    registry.set_alias(stage, version)
+    return version
 
 
 def _flat(prefix: str, summary: dict):

@@ -140,6 +140,20 @@ def stage_summary_markdown(run_name: str, stage: str, metrics: Mapping[str, floa
     return "\n".join(lines)
 
 
+# What a model version's description shows first (every metric is on the stage run).
+KEY_METRICS = ["gt_score", "gt_success", "self_judge_score", "judge_accuracy", "judge_parse_failures",
+               "num_pairs", "parse_failure_rate", "dpo_reward_accuracy"]
+
+
+def version_description(run_name: str, stage: str, metrics: Mapping[str, float], outcome: str) -> str:
+    """Markdown description of a stage's registered model version: what it is and its key metrics."""
+    model = "M1 (SFT)" if stage == "sft" else f"M{int(stage.removeprefix('iter-')) + 1}"
+    lines = [f"**{run_name} {stage}**: {model} of self-rewarding run `{run_name}`; outcome: {outcome}.", "",
+             "| metric | value |", "|---|---|"]
+    lines += [f"| {key} | {_cell(metrics[key], count=key.startswith('num_'))} |" for key in KEY_METRICS if key in metrics]
+    return "\n".join(lines)
+
+
 def jsonable(value):
     """`value` with NaN (a rate of 0 of 0) as None, so the JSON is standard (null)."""
     if isinstance(value, float) and math.isnan(value):

@@ -2,9 +2,11 @@
 
 - `tracker`: the `Tracker`, one parent run per pipeline run and one child run per stage, found again
   by tags so a resumed run logs nothing twice.
+- `registry`: every stage's checkpoint as a transformers-flavor MLflow model, registered with aliases.
 - `retry`: calls retried with back-off while the tracking server is away (`TrackingUnavailableError`).
 """
 
+from pipeline.tracking.registry import ModelRegistry, chat_prompt_template
 from pipeline.tracking.retry import TrackingUnavailableError
 from pipeline.tracking.tracker import (
     PARENT_STAGE,
@@ -32,9 +34,11 @@ __all__ = [
     "TAG_PARENT",
     "TAG_RUN_NAME",
     "TAG_STAGE",
+    "ModelRegistry",
     "RunIdentityError",
     "Tracker",
     "TrackingUnavailableError",
+    "chat_prompt_template",
     "default_tracking_uri",
     "flatten",
     "portable_paths",

@@ -354,45 +354,6 @@ class Tracker:
         return repo.list_artifacts(path) if repo else self.client.list_artifacts(run_id, path)
 
     @retrying
-    def has_artifact(self, run_id: str, artifact_path: str) -> bool:
-        parent, _, name = artifact_path.rpartition("/")
-        return any(Path(f.path).name == name for f in self._list(run_id, parent or None))
-
-    @retrying
-    def register_checkpoint(self, run_id: str, checkpoint_dir: Path, model_name: str, alias: str) -> str:
-        """Copy a checkpoint into the run's artifacts and register it as a model version with alias
-        `alias`; idempotent on resume (one version per run). MLflow reserves `latest` itself:
-        `models:/<name>/latest` always resolves to the newest version."""
-        if not self._artifacts_match(run_id, Path(checkpoint_dir), "checkpoint"):
-            self.log_artifact(run_id, checkpoint_dir, "checkpoint")  # also completes a cut-off upload
-        try:
-            self.client.create_registered_model(model_name)
-        except MlflowException:
-            pass  # already registered
-        existing = self.client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
-        if existing:
-            version = existing[0].version
-        else:
-            source = f"{self._artifact_uri(run_id)}/checkpoint"
-            version = self.client.create_model_version(model_name, source, run_id=run_id, tags={"alias": alias}).version
-        self.client.set_registered_model_alias(model_name, alias, version)
-        return str(version)
-
-    def _artifacts_match(self, run_id: str, local: Path, artifact_path: str) -> bool:
-        """True when every file under `local` is stored under `artifact_path` with the same size."""
-        stored = {}
-        pending = [artifact_path]
-        while pending:
-            for info in self._list(run_id, pending.pop()):
-                if info.is_dir:
-                    pending.append(info.path)
-                else:
-                    stored[info.path] = info.file_size
-        wanted = {f"{artifact_path}/{p.relative_to(local).as_posix()}": p.stat().st_size
-                  for p in local.rglob("*") if p.is_file()}
-        return all(stored.get(path) == size for path, size in wanted.items())
-
-    @retrying
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
