@@ -77,7 +77,8 @@ def build_demo_model(tmp: Path, config, num_seed_prompts: int = 200) -> tuple[An
     import json
 
     from pipeline import demo_task
-    from pipeline.models import build_tiny_model, build_tokenizer, load_model_and_tokenizer
+    from pipeline.models import load_model_and_tokenizer
+    from pipeline.tiny_model import build_tiny_model, build_tokenizer
 
     tiny = config.model.tiny
     paths = demo_task.write_seed_data(tmp / "data", seed=config.seed, num_seed_prompts=num_seed_prompts)

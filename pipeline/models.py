@@ -1,30 +1,25 @@
-"""Loading local Hugging Face causal LMs, and building tiny tokenizers/models for tests and smoke runs.
+"""Loading local Hugging Face causal LMs (and their tokenizers) for training and for generation.
 
-`build_tiny_model` saves a normal `from_pretrained` directory, so the tiny model and a downloaded
-Llama/Qwen/Mistral go through the same `load_model_and_tokenizer` path.
+Models come from local `from_pretrained` directories only (`pipeline.tiny_model` builds one for the
+demo and the tests), weights from safetensors only. `InferenceModel` holds a model that steps only
+read, loaded once and released before training needs the memory.
 """
 
 import json
 import os
 import random
 import struct
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
 )
 
-from dpo import publish_dir, temp_sibling
 from generation import VllmEngine
 from pipeline.config import EngineConfig
 
@@ -36,25 +31,6 @@ class ModelLoadError(ValueError):
 class DeviceError(ValueError):
     """An unknown or unavailable device / dtype was requested."""
 
-
-BOS, EOS, PAD, USER, ASSISTANT = "<|bos|>", "<|eos|>", "<|pad|>", "<|user|>", "<|assistant|>"
-# Pad first so it gets id 0; the rest follow in a fixed order so ids are stable across builds.
-SPECIAL_TOKENS = [PAD, BOS, EOS, USER, ASSISTANT]
-
-# User turn: <|bos|><|user|>\n{content}<|eos|>\n ; assistant turn: <|assistant|>\n{content}<|eos|>\n ;
-# generation prompt: <|assistant|>\n (so the prompt ends exactly where the response starts).
-TINY_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}"
-    "{{ bos_token }}<|user|>\n{{ message['content'] }}{{ eos_token }}\n"
-    "{% elif message['role'] == 'assistant' %}"
-    "<|assistant|>\n{{ message['content'] }}{{ eos_token }}\n"
-    "{% else %}"
-    "{{ raise_exception('the tiny chat template supports only user and assistant roles') }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -120,114 +96,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def build_tokenizer(
-    texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 512
-) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer with the tiny chat format and save it as a HF tokenizer directory.
-
-    Args:
-        texts: Training texts; the same texts give the same tokenizer.
-        out_dir: Directory to write (`save_pretrained` layout); replaced if it exists.
-        vocab_size: Target vocabulary size including the 256 byte symbols and 5 special tokens.
-
-    Returns:
-        The tokenizer, with BOS/EOS/PAD set, left padding and the chat template.
-    """
-    corpus = [t for t in texts if t]
-    if not corpus:
-        raise ValueError("build_tokenizer needs at least one non-empty training text")
-    minimum = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS) + 1
-    if vocab_size < minimum:
-        raise ValueError(f"vocab_size={vocab_size} is too small; byte-level BPE needs at least {minimum}")
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # any byte stays encodable
-        show_progress=False,
-    )
-    backend.train_from_iterator(corpus, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        additional_special_tokens=[USER, ASSISTANT],
-        chat_template=TINY_CHAT_TEMPLATE,
-        padding_side="left",
-    )
-    out_path = Path(out_dir)
-    tmp_dir = _temp_dir_beside(out_path)
-    tokenizer.save_pretrained(tmp_dir)
-    publish_dir(tmp_dir, out_path)
-    return tokenizer
-
-
-def build_tiny_model(
-    tokenizer_dir_or_tokenizer: str | os.PathLike | PreTrainedTokenizerBase,
-    out_dir: str | os.PathLike,
-    *,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    intermediate_size: int = 128,
-    max_position_embeddings: int = 256,
-    seed: int = 0,
-    **overrides: Any,
-) -> Path:
-    """Save a randomly initialised tiny Llama and its tokenizer as a `from_pretrained` directory.
-
-    Args:
-        tokenizer_dir_or_tokenizer: A tokenizer or a directory holding one.
-        out_dir: Output directory (config, safetensors weights, tokenizer); replaced if it exists.
-        hidden_size: Model width.
-        num_layers: Decoder layers.
-        num_heads: Attention heads (also used as key/value heads).
-        intermediate_size: MLP width.
-        max_position_embeddings: Context length.
-        seed: Initialisation seed (the global RNG state is left untouched).
-        **overrides: Extra `LlamaConfig` fields (e.g. `initializer_range`, `tie_word_embeddings`).
-
-    Returns:
-        The output directory.
-    """
-    tokenizer = tokenizer_dir_or_tokenizer
-    if not isinstance(tokenizer, PreTrainedTokenizerBase):
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
-    settings: dict[str, Any] = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": hidden_size,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": num_heads,
-        "num_key_value_heads": num_heads,
-        "intermediate_size": intermediate_size,
-        "max_position_embeddings": max_position_embeddings,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        **overrides,
-    }
-    config = LlamaConfig(**settings)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    tokenizer.model_max_length = max_position_embeddings
-    out_path = Path(out_dir)
-    tmp_dir = _temp_dir_beside(out_path)
-    model.save_pretrained(tmp_dir)
-    tokenizer.save_pretrained(tmp_dir)
-    publish_dir(tmp_dir, out_path)
-    return out_path
-
-
-def _temp_dir_beside(out_dir: Path) -> Path:
-    tmp = temp_sibling(out_dir)
-    tmp.mkdir(parents=True)
-    return tmp
 
 
 def _check_model_dir(path: Path) -> None:

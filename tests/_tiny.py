@@ -1,6 +1,7 @@
 """The tests' tiny real models: a bare HF Llama (`tiny_llama`, for the dpo maths) and a tokenizer plus
 Llama saved as a `from_pretrained` directory (`build_tiny`, loaded back through the production loader)."""
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -8,9 +9,22 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from pipeline.models import build_tiny_model, build_tokenizer, load_model_and_tokenizer
+from pipeline.models import load_model_and_tokenizer
+from pipeline.tiny_model import build_tiny_model, build_tokenizer
 
 VOCAB = 64
+
+WORDS = "the a cat dog sat ran on under mat table red blue big small ate saw why how".split()
+
+# The smallest shape the model builder and loader tests use.
+TINY_SHAPE = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64,
+              "max_position_embeddings": 64}
+
+
+def word_corpus(n: int = 50) -> list[str]:
+    """`n` random short sentences over a fixed vocabulary, for training tiny tokenizers."""
+    rng = random.Random(0)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))) for _ in range(n)]
 
 
 def tiny_llama(seed: int = 0, layers: int = 1, tie: bool = False, vocab_size: int = VOCAB) -> LlamaForCausalLM:

@@ -8,7 +8,8 @@ from flows.steps.common import save_model, scalars, trainable_model, training_fi
 from pipeline import data as run_data
 from pipeline.config import RunConfig
 from pipeline.inputs import data_digests
-from pipeline.models import build_tiny_model, build_tokenizer, load_model_and_tokenizer
+from pipeline.models import load_model_and_tokenizer
+from pipeline.tiny_model import build_tiny_model, build_tokenizer
 
 
 def data_step(config: RunConfig, run_dir: Path) -> StepRecord:

@@ -61,7 +61,7 @@ def test_an_iteration_samples_judges_and_evaluates_on_vllm(tmp_path, monkeypatch
     tracking_uri = default_tracking_uri(tmp_path)
     tracker = Tracker(tracking_uri, config.tracking.experiment)
     parent = tracker.start_pipeline(config.run_name, {}, "fp", {})
-    iteration_flow(config, 1, str(run_dir), base, data, parent, tracking_uri)
+    iteration_flow(config, 1, str(run_dir), [base], data, parent, tracking_uri)
 
     candidates = [json.loads(line) for line in (run_dir / "iter-1" / "candidates" / "candidates.jsonl").open()]
     judgments = [json.loads(line) for line in (run_dir / "iter-1" / "judgments" / "judgments.jsonl").open()]

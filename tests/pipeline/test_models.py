@@ -16,80 +16,14 @@ from pipeline.models import (
     DeviceError,
     InferenceModel,
     ModelLoadError,
-    build_tiny_model,
-    build_tokenizer,
     load_model_and_tokenizer,
     seed_everything,
     select_device,
     select_dtype,
     set_torch_threads,
 )
-
-WORDS = "the a cat dog sat ran on under mat table red blue big small ate saw why how".split()
-
-
-def corpus(n: int = 50) -> list[str]:
-    rng = random.Random(0)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))) for _ in range(n)]
-
-
-TINY = {
-    "hidden_size": 32,
-    "num_layers": 2,
-    "num_heads": 4,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-}
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    tokenizer = build_tokenizer(corpus(), root / "tok", vocab_size=300)
-    path = build_tiny_model(root / "tok", root / "model", **TINY)
-    return root, tokenizer, path
-
-
-def test_tokenizer_is_deterministic_and_has_special_tokens(built, tmp_path):
-    root, tokenizer, _ = built
-    build_tokenizer(corpus(), tmp_path / "again", vocab_size=300)
-    assert (tmp_path / "again" / "tokenizer.json").read_bytes() == (
-        root / "tok" / "tokenizer.json"
-    ).read_bytes()
-    assert len(tokenizer) == 300
-    ids = {
-        tok: tokenizer.convert_tokens_to_ids(tok)
-        for tok in ["<|pad|>", "<|bos|>", "<|eos|>", "<|user|>", "<|assistant|>"]
-    }
-    assert list(ids.values()) == [0, 1, 2, 3, 4]
-    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
-    assert tokenizer.padding_side == "left"
-
-
-def test_tokenizer_roundtrips_any_text_and_reloads(built):
-    root, tokenizer, _ = built
-    text = "The ZEBRA ate 42 crêpes — ünïcode & emoji 🙂\n\ttabs"
-    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
-    reloaded = AutoTokenizer.from_pretrained(str(root / "tok"), local_files_only=True)
-    assert reloaded.encode(text, add_special_tokens=False) == tokenizer.encode(text, add_special_tokens=False)
-    assert reloaded.chat_template == tokenizer.chat_template
-
-
-def test_chat_template_user_assistant_turns(built):
-    _, tokenizer, _ = built
-    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
-    assert tokenizer.apply_chat_template(messages, tokenize=False) == (
-        "<|bos|><|user|>\nhi<|eos|>\n<|assistant|>\nyo<|eos|>\n"
-    )
-    prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
-    assert prompt == "<|bos|><|user|>\nhi<|eos|>\n<|assistant|>\n"
-
-
-def test_tokenizer_input_errors(tmp_path):
-    with pytest.raises(ValueError, match="too small"):
-        build_tokenizer(corpus(), tmp_path / "t", vocab_size=100)
-    with pytest.raises(ValueError, match="at least one"):
-        build_tokenizer(["", ""], tmp_path / "t")
+from pipeline.tiny_model import build_tiny_model
+from tests._tiny import TINY_SHAPE
 
 
 def test_tiny_model_roundtrips_through_the_loader(built):
@@ -104,31 +38,12 @@ def test_tiny_model_roundtrips_through_the_loader(built):
     text = "why the big cat ate 7 crêpes"
     assert loaded_tok.encode(text) == tokenizer.encode(text)
     # The same seed rebuilds the same weights, and the loader returns exactly what was saved.
-    again = build_tiny_model(tokenizer, root / "model2", **TINY)
+    again = build_tiny_model(tokenizer, root / "model2", **TINY_SHAPE)
     model2, _ = load_model_and_tokenizer(again)
     for (name, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
-    other, _ = load_model_and_tokenizer(build_tiny_model(tokenizer, root / "model3", seed=1, **TINY))
+    other, _ = load_model_and_tokenizer(build_tiny_model(tokenizer, root / "model3", seed=1, **TINY_SHAPE))
     assert not torch.equal(other.lm_head.weight, model.lm_head.weight)
-
-
-def test_build_does_not_touch_global_rng(built, tmp_path):
-    _, tokenizer, _ = built
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
-    build_tiny_model(tokenizer, tmp_path / "m", **TINY)
-    assert torch.equal(torch.rand(3), expected)
-
-
-def test_rebuild_replaces_directory_without_leftovers(built, tmp_path):
-    _, tokenizer, _ = built
-    out = tmp_path / "m"
-    build_tiny_model(tokenizer, out, **TINY)
-    (out / "stale.txt").write_text("old")
-    build_tiny_model(tokenizer, out, **TINY)
-    assert not (out / "stale.txt").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["m"]
 
 
 def test_other_architecture_saved_with_save_pretrained_loads_and_generates(built, tmp_path):
@@ -267,6 +182,6 @@ def test_inference_model_on_the_vllm_engine_gives_an_engine_and_release_stops_it
     assert isinstance(engine, VllmEngine) and not engine.running  # the worker starts on first use
     assert engine.model_dir == path.absolute() and tokenizer.eos_token_id is not None
     assert engine.worker_args[engine.worker_args.index("--dtype") + 1] == "float32"  # engine.dtype auto: model's
-    assert engine.config.max_position_embeddings == TINY["max_position_embeddings"]
+    assert engine.config.max_position_embeddings == TINY_SHAPE["max_position_embeddings"]
     loaded.release()
     assert closed == [engine] and not loaded.loaded

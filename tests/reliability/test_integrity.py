@@ -10,6 +10,7 @@ registered model (refused). Each launch is the CLI's `main` in-process (the code
 import contextlib
 import io
 import json
+import math
 import random
 import shutil
 from pathlib import Path
@@ -165,7 +166,8 @@ def test_another_run_never_takes_over_this_runs_tracking(shared_store, tmp_path,
 
     def snapshot():
         versions = {a: client.get_model_version_by_alias(f"{NAME}-policy", a).source for a in ("sft", "iter-1")}
-        return client.get_run(parent).data.metrics, client.get_run(parent).data.params, versions
+        metrics = {k: None if math.isnan(v) else v for k, v in client.get_run(parent).data.metrics.items()}
+        return metrics, client.get_run(parent).data.params, versions  # NaN (a rate of 0 of 0) != NaN
 
     before = snapshot()
     code, stderr = _launch(tmp_path / "elsewhere", *shared_store["sets"], *sets)
