@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+from flows.champion import champion_stage
 from flows.iteration import iteration_flow
 from flows.launch import CurveTarget
 from flows.resume import open_run
@@ -31,7 +32,7 @@ from pipeline.data import DATA_FILES
 from pipeline.env import apply_env_defaults
 from pipeline.models import load_tokenizer, set_torch_threads
 from pipeline.preflight import check_inputs, check_prompt_lengths
-from pipeline.report import comparison_rows, format_table, plot_comparison, write_json
+from pipeline.report import comparison_rows, format_table, plot_comparison, stage_name, write_json
 from pipeline.rundir import check_output_dir, check_run_name
 from pipeline.runlock import run_lock
 from pipeline.tracking import Tracker, default_tracking_uri
@@ -82,20 +83,36 @@ def _run(config: RunConfig, output: Path) -> dict[str, Any]:
                 finish_stage(tasks, tracker, config, run_dir, parent, run_id, 0, model, data)
         models = [model]  # M1, M2, ...: earlier judges and anchors come from here
         for iteration in range(1, config.iterations + 1):
+            start = _start_model(tracker, config, parent, iteration, len(models))
             # The subflow runs in this process, whose flow-run heartbeat already shows it alive; a
             # second heartbeat thread would hold each iteration up to 1 s at exit (it is joined
             # between 1 s sleeps).
             with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-                models.append(iteration_flow(config, iteration, str(run_dir), models, data, parent, tracking_uri))
+                models.append(iteration_flow(config, iteration, str(run_dir), models[:start + 1], data, parent,
+                                             tracking_uri))
         model = models[-1]
     rows = comparison_rows(tracker.stage_metrics(parent))
+    champion = champion_stage(tracker, config, parent) if config.promotion.enabled else None
     plot = plot_comparison(rows, run_dir / "plots" / "stages.png")
     tracker.log_artifact(parent, plot, "plots")
     tracker.log_artifact(parent, write_json(run_dir / "stages.json", rows), "summary")
     tracker.finish(parent)
     get_run_logger().info("stages of %s:\n%s\nplot: %s", config.run_name, format_table(rows), plot)
     return {"run_dir": str(run_dir), "rows": rows, "plot": str(plot), "mlflow_run_id": parent,
-            "tracking_uri": tracking_uri, "final_model": str(model_dir(model))}
+            "tracking_uri": tracking_uri, "final_model": str(model_dir(model)),
+            "champion": stage_name(champion) if champion is not None else None}
+
+
+def _start_model(tracker: Tracker, config: RunConfig, parent: str, iteration: int, count: int) -> int:
+    """The index into the models so far of the one the next iteration starts from: the latest, or
+    (`promotion.start_from: champion`) the champion's. `models[i]` is stage i's model (`models[0]`
+    the base model without SFT), so the iteration sees the champion's lineage: earlier judges and
+    the previous model for consistency come from before it."""
+    if config.promotion.start_from == "champion":
+        champion = champion_stage(tracker, config, parent, before=iteration)  # as it was when this iteration began
+        if champion is not None:
+            return champion
+    return count - 1
 
 
 def check_data_fits(config: RunConfig, data: StepRecord, base: StepRecord) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
+from flows.champion import record_promotion
 from flows.stepdir import StepRecord, model_dir
 from flows.steps import inference_model
 from flows.tasks import StepTasks
@@ -48,6 +49,7 @@ def finish_stage(tasks: StepTasks, tracker: Tracker, config: RunConfig, run_dir:
     metrics = record_stage(tracker, config, run_dir, parent_run_id, run_id, index, model, evaluation, outcome,
                            loaded=loaded, judge_health=health, **step_records)
     loaded.release()
+    record_promotion(tracker, config, parent_run_id, run_id, index)
     create_markdown_artifact(stage_summary_markdown(config.run_name, stage, metrics, tracker.run_url(run_id)),
                              key=artifact_key(config.run_name, stage), description=f"{config.run_name} {stage} summary")
     if tracker.tracking_uri.startswith("http"):

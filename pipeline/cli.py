@@ -111,8 +111,9 @@ def _run(config, output: Path) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from pipeline.promotion import CHAMPION_ALIAS, TAG_CHAMPION, TAG_PROMOTION
     from pipeline.report import comparison_rows, format_table, jsonable, plot_comparison
-    from pipeline.tracking import Tracker, default_tracking_uri
+    from pipeline.tracking import Tracker, default_tracking_uri, registered_model_name
 
     output = Path(args.output).resolve()
     tracking_uri = default_tracking_uri(output)
@@ -124,11 +125,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if parent is None:
         return _fail(f"no run named {run_name!r} in experiment {args.experiment!r} at {tracking_uri}")
     rows = comparison_rows(tracker.stage_metrics(parent))
+    parent_run = tracker.client.get_run(parent)
+    champion = parent_run.data.tags.get(TAG_CHAMPION)
+    stage_tags = {stage: tracker.client.get_run(run_id).data.tags for stage, run_id in tracker.stage_runs(run_name).items()}
+    for row in rows:  # the champion and why each stage was (not) promoted
+        row["champion"] = row["stage"] == champion
+        if TAG_PROMOTION in stage_tags.get(row["stage"], {}):
+            row["promotion"] = stage_tags[row["stage"]][TAG_PROMOTION]
     plot = plot_comparison(rows, output / run_name / "plots" / "compare.png")
     if args.json:
         print(json.dumps(jsonable(rows), indent=2))
     else:
         print(format_table(rows))
+        if champion:
+            registered = parent_run.data.params.get("tracking.registered_model")  # None is logged as "None"
+            name = registered_model_name(run_name, None if registered in (None, "None") else registered)
+            print(f"champion: {champion} (models:/{name}@{CHAMPION_ALIAS})")
+        for row in rows:
+            if "promotion" in row:
+                print(f"  {row['stage']}: {row['promotion']}")
         print(f"plot: {plot}")
     return 0
 

@@ -120,6 +120,10 @@ class ModelRegistry:
         self.client.set_registered_model_alias(self.name, alias, version)
 
     @retrying
+    def set_version_tag(self, version: str, key: str, value: str) -> None:
+        self.client.set_model_version_tag(self.name, version, key, value)
+
+    @retrying
     def alias_version(self, alias: str) -> str | None:
         """The version `alias` points at, if any."""
         try:

@@ -2,13 +2,16 @@
 seed design's DPO options (EMA reference, early stopping on held-out pairs) reached from the config."""
 
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 from mlflow.tracking import MlflowClient
+from prefect import get_client
 
 from dpo import DPODataset
 from flows import self_rewarding_flow
 from flows.stepdir import FAIL_STEP_ENV, MANIFEST, InjectedFault, StepRecord, sha256_file
+from pipeline.promotion import TAG_CHAMPION, TAG_PROMOTION, decisions
 from pipeline.tracking import TAG_PARENT, Tracker, default_tracking_uri
 from tests.flows.conftest import tiny_config
 
@@ -66,6 +69,34 @@ def test_end_to_end_stages_metrics_pairs_and_model_versions(tmp_path):
     assert len(set(versions.values())) == 3
     newest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
     assert newest == int(versions["iter-2"])  # what `models:/<name>/latest` resolves to
+
+    # Champion and challenger: the alias follows the decisions, each stage and version says why.
+    decided = decisions(tracker.stage_metrics(parent), config.promotion)
+    champion = STAGES[[d.stage for d in decided if d.promoted][-1]]
+    assert result["champion"] == champion and client.get_run(parent).data.tags[TAG_CHAMPION] == champion
+    assert client.get_model_version_by_alias(name, "champion").version == versions[champion]
+    for decision, stage in zip(decided, STAGES, strict=True):
+        assert client.get_run(children[stage]).data.tags[TAG_PROMOTION] == decision.reason
+        version = client.get_model_version(name, versions[stage])
+        assert version.tags[TAG_PROMOTION] == decision.reason and "alias" not in version.tags
+        assert f"**{config.run_name} {stage}**" in version.description and "| gt_score |" in version.description
+
+
+def test_iterations_start_from_the_champion_when_configured(tmp_path):
+    # No stage can beat M1's gt_score by more than 1.0: M1 stays champion, so iteration 2 starts from
+    # M1 instead of M2 (its subflow is handed M1's lineage only).
+    config = tiny_config("promotion.start_from=champion", "promotion.margin=1.0")
+    result = self_rewarding_flow(config, output_dir=str(tmp_path))
+    assert result["champion"] == "sft"
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    children = Tracker(default_tracking_uri(tmp_path), config.tracking.experiment).stage_runs(config.run_name)
+    reason = client.get_run(children["iter-2"]).data.tags[TAG_PROMOTION]
+    assert reason.endswith("champion stays sft"), reason
+    with get_client(sync_client=True) as prefect:
+        iter2 = prefect.read_flow_run(UUID(client.get_run(children["iter-2"]).data.tags["prefect.flow_run_id"]))
+    assert [Path(m["path"]).name for m in iter2.parameters["models"]] == ["sft"]
+    name = f"{config.run_name}-policy"
+    assert client.get_model_version_by_alias(name, "champion").version == client.get_model_version_by_alias(name, "sft").version
 
 
 def _manifest_times(run_dir: Path) -> dict[str, int]:

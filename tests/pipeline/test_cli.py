@@ -57,8 +57,11 @@ def test_compare_json_has_one_object_per_stage(finished_run):
                 "mean_response_length"):
         assert key in rows[1], key
     assert (out / "cli" / "plots" / "compare.png").is_file()
+    assert [r["champion"] for r in rows].count(True) == 1 and all(r["promotion"] for r in rows)
+    champion = next(r["stage"] for r in rows if r["champion"])
     table = cli("compare", "--output", str(out))  # no name: the most recent run
     assert table.returncode == 0 and table.stdout.splitlines()[0].startswith("stage")
+    assert f"champion: {champion} (models:/cli-policy@champion)" in table.stdout
 
 
 def test_compare_unknown_run_and_missing_store_exit_2(finished_run, tmp_path):
