@@ -11,7 +11,9 @@ Logging is idempotent: a version registered for a stage run is found again by th
 logged before a crash (READY, not registered yet) is registered instead of being logged twice.
 """
 
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from mlflow.entities import LoggedModelStatus
@@ -73,9 +75,11 @@ class ModelRegistry:
             except MlflowException as err:
                 if err.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
-            version = str(self.client.create_model_version(self.name, f"models:/{model_id}", run_id=run_id,
-                                                           model_id=model_id, description=description,
-                                                           tags=dict(tags)).version)
+            # The sqlite registry looks the logged model up through the process's tracking URI.
+            with _process_tracking_uri(self.tracker.tracking_uri):
+                version = str(self.client.create_model_version(self.name, f"models:/{model_id}", run_id=run_id,
+                                                               model_id=model_id, description=description,
+                                                               tags=dict(tags)).version)
         else:
             self.client.update_model_version(self.name, version, description=description)
             for key, value in tags.items():
@@ -93,26 +97,30 @@ class ModelRegistry:
 
     def _log_model(self, run_id: str, load: Callable[[], tuple[Any, Any]], render: Callable[[Any, str], str] | None,
                    max_new_tokens: int, source_name: str) -> str:
-        import mlflow.transformers
-        from mlflow.models import infer_signature
 
-        # MLflow's model logging uses the process's tracking URI, not the client's.
-        mlflow.set_tracking_uri(self.tracker.tracking_uri)
         # Created first in the stage run's experiment: left to itself, log_model files the model under
         # the active (here: default) experiment.
         logged = self.client.create_logged_model(self.tracker.experiment_id, name=LOGGED_MODEL_NAME, source_run_id=run_id)
+        with _process_tracking_uri(self.tracker.tracking_uri):
+            self._log_transformers(logged.model_id, run_id, load, render, max_new_tokens, source_name)
+        return logged.model_id
+
+    def _log_transformers(self, model_id: str, run_id: str, load: Callable[[], tuple[Any, Any]],
+                          render: Callable[[Any, str], str] | None, max_new_tokens: int, source_name: str) -> None:
+        import mlflow.transformers
+        from mlflow.models import infer_signature
+
         model, tokenizer = load()
         prompt_template = chat_prompt_template(lambda text: render(tokenizer, text)) if render else None
         model.config._name_or_path = tokenizer.name_or_path = source_name  # no absolute path in the MLmodel
         params = {"max_new_tokens": max_new_tokens, "do_sample": False, "temperature": 1.0, "top_p": 1.0}
         mlflow.transformers.log_model(
             {"model": model, "tokenizer": tokenizer}, task="text-generation", name=LOGGED_MODEL_NAME,
-            model_id=logged.model_id, run_id=run_id, prompt_template=prompt_template,
+            model_id=model_id, run_id=run_id, prompt_template=prompt_template,
             signature=infer_signature(["prompt"], ["completion"], params=params),
             model_config={"return_full_text": False},  # a completion, not the prompt repeated
             pip_requirements=[f"mlflow=={mlflow.__version__}", *_REQUIREMENTS], model_card=_card(source_name),
         )
-        return logged.model_id
 
     @retrying
     def set_alias(self, alias: str, version: str) -> None:
@@ -130,6 +138,23 @@ class ModelRegistry:
             return str(self.client.get_model_version_by_alias(self.name, alias).version)
         except MlflowException:
             return None
+
+
+@contextmanager
+def _process_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's model logging (and the sqlite registry's check of a version's logged model) reads the
+    process's tracking URI, not the client's. Setting it also sets
+    MLFLOW_TRACKING_URI in the environment, which would send every later run of this process (and its
+    subprocesses) to this store: both are put back as they were."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if env is not None:  # restoring an unset global URI unsets the variable too
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def _card(source_name: str):

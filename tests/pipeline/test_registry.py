@@ -2,6 +2,8 @@
 run (also after a crash between logging and registering), loadable by alias offline, and answering a
 prompt as the pipeline's own greedy decoding does."""
 
+import os
+
 import mlflow
 import pytest
 
@@ -42,7 +44,7 @@ def test_a_version_is_a_transformers_model_registered_once_and_loadable_by_alias
     assert registered.tags == {"selfreward.stage": "sft"}  # the alias is not repeated as a tag
     assert registry.alias_version("sft") == version and registry.alias_version("champion") is None
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)  # as a user loads it
     served = mlflow.pyfunc.load_model("models:/demo-policy@sft")
     prompt = "Write 5 letters from a to h."
     [answer] = served.predict([prompt])
@@ -51,13 +53,21 @@ def test_a_version_is_a_transformers_model_registered_once_and_loadable_by_alias
     assert answer == greedy[0][0].text  # the chat format applied, a completion only
     pipe = mlflow.transformers.load_model("models:/demo-policy@sft")
     assert pipe.task == "text-generation"
+    mlflow.set_tracking_uri(None)
 
 
-def test_a_model_logged_before_a_crash_is_registered_not_logged_again(store):
+@pytest.mark.parametrize("preset", [None, "http://127.0.0.1:1"])
+def test_a_model_logged_before_a_crash_is_registered_not_logged_again(store, monkeypatch, preset):
     _, tracker, tiny = store
+    if preset is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", preset)
     registry = ModelRegistry(tracker, "demo-policy")
     run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
     model_id = registry._log_model(run_id, lambda: (tiny.model, tiny.tokenizer), None, 4, "demo/sft/model")
+    # Logging used this store without redirecting the process: a later run elsewhere goes where it would have.
+    assert os.environ.get("MLFLOW_TRACKING_URI") == preset
 
     def crash():
         raise AssertionError("logged again")
