@@ -72,7 +72,8 @@ def record_stage(tracker: Tracker, config: RunConfig, run_dir: Path, parent_run_
     judge = step_records["judgments"].summary if "judgments" in step_records else {}
     for png in (
         plot_learning_curves({key: tracker.metric_history(run_id, key) for key in CURVES}, plots / "learning_curves.png", stage),
-        plot_score_histogram(judge.get("score_histogram", {}), plots / "judge_scores.png", f"{stage}: judge scores"),
+        plot_score_histogram(judge.get("score_histogram", {}), plots / "judge_scores.png", f"{stage}: judge scores",
+                             unparsed=int(judge.get("parse_failures", 0))),
     ):
         if png is not None:
             tracker.log_artifact(run_id, png, "plots")
@@ -157,7 +158,8 @@ def parent_summary(records: dict[str, StepRecord], model: StepRecord, eval_metri
         "mean_chosen_length": get("pairs", "mean_chosen_length"),
         "mean_rejected_length": get("pairs", "mean_rejected_length"),
         "dpo_reward_accuracy": model.summary.get("final/rewards/accuracies"),
-        "train_loss": model.summary.get("final/loss"),
+        # Cross-entropy and DPO loss are different quantities: one metric each, never one line.
+        "dpo_loss" if iteration else "sft_loss": model.summary.get("final/loss"),
         "judge_accuracy": get("judge_health", "pairwise_accuracy", rate=True),
         "judge_exact_agreement": get("judge_health", "exact_agreement", rate=True),
         "judge_verdict_agreement": get("judge_health", "verdict_agreement", rate=True),

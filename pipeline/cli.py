@@ -1,8 +1,8 @@
 """`selfreward`: run a self-rewarding pipeline, compare its stages, open the MLflow UI.
 
-    selfreward run [CONFIG] [--output DIR] [--set KEY=VALUE ...]
+    selfreward run [CONFIG] [--output DIR] [--set KEY=VALUE ...] [--more-iterations N]
     selfreward compare [RUN_NAME] [--output DIR] [--json]
-    selfreward ui [--output DIR] [--port PORT]
+    selfreward ui [--output DIR] [--port PORT] [--run RUN_NAME]
 
 A mistake in the input (config, data, model directory, judge template, `--output`) or a run directory
 that another run holds prints one clear message and exits with code 2; nothing is written. So does a
@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_output_dir(output)
     check_run_name(output, config.run_name)
     with run_lock(output / config.run_name):  # before Prefect starts: a second run is refused at once
-        return _run(config, output)
+        return _run(config, output, args.more_iterations)
 
 
 class _KnownErrorTracebacks(logging.Filter):
@@ -93,7 +93,7 @@ def _quiet_known_errors() -> None:
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
-def _run(config, output: Path) -> int:
+def _run(config, output: Path, more_iterations: int = 0) -> int:
     if "PREFECT_API_URL" not in os.environ:
         # Ephemeral Prefect keeps its database with the run, so `selfreward ui` can show it later.
         os.environ.setdefault("PREFECT_HOME", str(output / "prefect"))
@@ -102,7 +102,7 @@ def _run(config, output: Path) -> int:
     from pipeline.report import format_table
 
     _quiet_known_errors()
-    result = self_rewarding_flow(config, output_dir=str(output))
+    result = self_rewarding_flow(config, output_dir=str(output), more_iterations=more_iterations)
     print(f"\n{format_table(result['rows'])}\n")
     print(f"run folder: {result['run_dir']}")
     print(f"stage plot: {result['plot']}")
@@ -148,6 +148,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def ui_command(output: Path, port: int) -> list[str]:
     """The `mlflow server` command of `selfreward ui`: bound to loopback, never a public interface."""
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
@@ -161,9 +168,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     db = output / "mlflow.db"
     if not db.is_file():
         return _fail(f"no MLflow store in {output} (expected {db}); run `selfreward run` first")
+    from pipeline.ui_links import run_links
+
     command = ui_command(output, args.port)
     print(f"MLflow UI: http://127.0.0.1:{args.port}  (Ctrl-C to stop)")
+    for what, url in run_links(db, args.experiment, args.run_name, f"http://127.0.0.1:{args.port}").items():
+        print(f"  {what}: {url}")
     print(f"Prefect UI: PREFECT_HOME={output / 'prefect'} prefect server start --host 127.0.0.1")
+    sys.stdout.flush()  # before the server's own output, also when stdout is a pipe
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     try:
         return subprocess.run(command, env=env).returncode
@@ -180,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default="runs", help="output directory (default: ./runs)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. --set iteration.dpo.beta=0.2")
+    run.add_argument("--more-iterations", type=_non_negative, default=0, metavar="N",
+                     help="continue a finished run with N more iterations (an unfinished one is resumed first)")
     run.set_defaults(func=cmd_run)
 
     compare = sub.add_parser("compare", help="per-stage table and plot of a run")
@@ -192,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for an output directory")
     ui.add_argument("--output", default="runs")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--run", dest="run_name", help="run whose direct links are printed (default: the most recent)")
+    ui.add_argument("--experiment", default="selfreward")
     ui.set_defaults(func=cmd_ui)
     return parser
 
