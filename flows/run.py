@@ -68,7 +68,7 @@ def self_rewarding_flow(
     check_output_dir(output)
     check_run_name(output, config.run_name)
     with run_lock(output / config.run_name):  # read the run's state only while no one else can change it
-        return _run(with_more_iterations(config, output / config.run_name, max(more_iterations, 0)), output)
+        return _run(with_more_iterations(config, output / config.run_name, more_iterations), output)
 
 
 def _run(config: RunConfig, output: Path) -> dict[str, Any]:

@@ -6,6 +6,10 @@ verdict artifact, the champion's model version).
 
 Needs Debian's `chromium` (`apt-get install chromium`). Starts its own MLflow UI on a free loopback
 port and stops it afterwards; writes `<dest>/<what>.png`, one per link.
+
+Known limit: the verdict, compare and model-version pages render fully; the model-metrics page's
+charts were still loading (spinners) in every try with MLflow 3.17 (its auto-refresh timers use up
+Chromium's virtual time budget). A browser driven over CDP that waits for the charts would fix it.
 """
 
 import argparse
