@@ -20,7 +20,7 @@ from flows.stepdir import StepRecord
 from flows.tasks import StepTasks, step_tasks
 from pipeline.config import RunConfig
 from pipeline.report import stage_name
-from pipeline.tracking import Tracker
+from pipeline.tracking import Tracker, portable_paths
 
 
 @flow(name="selfreward-iteration", flow_run_name="iter-{iteration}", log_prints=True)
@@ -31,7 +31,7 @@ def iteration_flow(config: RunConfig, iteration: int, run_dir: str, models: list
     cfg, model = config.iteration_config(iteration), models[-1]
     tracker = Tracker.from_config(tracking_uri, config.tracking)
     with tracker.stage(parent_run_id, config.run_name, stage, {"prefect.flow_run_id": str(flow_run.id)}) as run_id:
-        tracker.log_params(run_id, cfg.model_dump(mode="json"))
+        tracker.log_params(run_id, portable_paths(cfg.model_dump(mode="json"), out.parent))
         m_t = steps.inference_model(config, model)  # loaded once, read by the generation and judge steps
         prompts, skip = _prompts(tasks, config, iteration, out, model, data, m_t)
         logger.info("%s: %d prompts (%s)", stage, prompts.summary.get("prompts", 0), prompts.summary.get("source"))

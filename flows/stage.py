@@ -11,15 +11,19 @@ run as `selfreward.outcome`:
 """
 
 import math
+import os
 from pathlib import Path
 
 from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
+from flows.champion import record_promotion
 from flows.stepdir import StepRecord, model_dir
 from flows.steps import inference_model
 from flows.tasks import StepTasks
+from generation import render_chat_prompt
 from pipeline.config import RunConfig
+from pipeline.models import InferenceModel, load_model_and_tokenizer
 from pipeline.report import (
     CURVES,
     artifact_key,
@@ -27,8 +31,9 @@ from pipeline.report import (
     plot_score_histogram,
     stage_name,
     stage_summary_markdown,
+    version_description,
 )
-from pipeline.tracking import TAG_OUTCOME, Tracker
+from pipeline.tracking import TAG_OUTCOME, ModelRegistry, Tracker, registered_model_name
 
 
 def finish_stage(tasks: StepTasks, tracker: Tracker, config: RunConfig, run_dir: Path, parent_run_id: str,
@@ -38,12 +43,13 @@ def finish_stage(tasks: StepTasks, tracker: Tracker, config: RunConfig, run_dir:
     outcome = stage_outcome(index, model, step_records.get("judgments"))
     if outcome != "completed":
         get_run_logger().warning("%s: %s", stage, outcome)
-    loaded = inference_model(config, model)  # read by both steps, loaded once
+    loaded = inference_model(config, model)  # read by both steps and the model registry, loaded once
     evaluation = tasks.evaluate(config, stage, run_dir, model, data, loaded) if config.eval.enabled else None
     health = tasks.judge_health(config, stage, run_dir, model, data, loaded)
-    loaded.release()
     metrics = record_stage(tracker, config, run_dir, parent_run_id, run_id, index, model, evaluation, outcome,
-                           judge_health=health, **step_records)
+                           loaded=loaded, judge_health=health, **step_records)
+    loaded.release()
+    record_promotion(tracker, config, parent_run_id, run_id, index)
     create_markdown_artifact(stage_summary_markdown(config.run_name, stage, metrics, tracker.run_url(run_id)),
                              key=artifact_key(config.run_name, stage), description=f"{config.run_name} {stage} summary")
     if tracker.tracking_uri.startswith("http"):
@@ -51,7 +57,7 @@ def finish_stage(tasks: StepTasks, tracker: Tracker, config: RunConfig, run_dir:
 
 
 def record_stage(tracker: Tracker, config: RunConfig, run_dir: Path, parent_run_id: str, run_id: str, index: int,
-                 model: StepRecord, evaluation: StepRecord | None, outcome: str,
+                 model: StepRecord, evaluation: StepRecord | None, outcome: str, loaded: InferenceModel | None = None,
                  **step_records: StepRecord) -> dict[str, float]:
     """Log a finished stage to MLflow: step summaries on the child, per-stage summary on the parent
     (step = the stage index), plots, pairs, and the checkpoint as a registered model version."""
@@ -66,19 +72,41 @@ def record_stage(tracker: Tracker, config: RunConfig, run_dir: Path, parent_run_
     judge = step_records["judgments"].summary if "judgments" in step_records else {}
     for png in (
         plot_learning_curves({key: tracker.metric_history(run_id, key) for key in CURVES}, plots / "learning_curves.png", stage),
-        plot_score_histogram(judge.get("score_histogram", {}), plots / "judge_scores.png", f"{stage}: judge scores"),
+        plot_score_histogram(judge.get("score_histogram", {}), plots / "judge_scores.png", f"{stage}: judge scores",
+                             unparsed=int(judge.get("parse_failures", 0))),
     ):
         if png is not None:
             tracker.log_artifact(run_id, png, "plots")
     if "pairs" in step_records:
         tracker.log_artifact(run_id, Path(step_records["pairs"].path) / "pairs.jsonl", "pairs")
-    tags = {"selfreward.checkpoint": str(model_dir(model)), TAG_OUTCOME: outcome}
+    # Relative to the output folder, like every path MLflow keeps of a run: the folder may move.
+    tags = {"selfreward.checkpoint": os.path.relpath(model_dir(model), run_dir.parent), TAG_OUTCOME: outcome}
     if config.tracking.log_checkpoints:
-        name = config.tracking.registered_model or f"{config.run_name}-policy"
-        tags["selfreward.model_version"] = tracker.register_checkpoint(run_id, model_dir(model), name, alias=stage)
+        tags["selfreward.model_version"] = register_model(tracker, config, run_dir, run_id, stage, model, loaded,
+                                                          summary, outcome)
     tracker.set_tags(run_id, tags)
     tracker.finish(run_id)
     return summary
+
+
+def register_model(tracker: Tracker, config: RunConfig, run_dir: Path, run_id: str, stage: str, model: StepRecord,
+                   loaded: InferenceModel | None, summary: dict[str, float], outcome: str) -> str:
+    """Log the stage's model as an MLflow transformers model, register it as a version of the run's
+    registered model with the stage's metrics as its description, and point the stage's alias at it."""
+    registry = ModelRegistry(tracker, registered_model_name(config.run_name, config.tracking.registered_model))
+
+    def load():
+        if loaded is not None and config.engine.name == "native":
+            return loaded.get()  # the model the evaluation just read
+        return load_model_and_tokenizer(model_dir(model), device="cpu", dtype=config.model.dtype)
+
+    version = registry.register(
+        run_id, load, render=render_chat_prompt, max_new_tokens=config.iteration.candidates.sampling.max_new_tokens,
+        source_name=os.path.relpath(model_dir(model), run_dir.parent),
+        description=version_description(config.run_name, stage, summary, outcome),
+        tags={"selfreward.run_name": config.run_name, "selfreward.stage": stage, TAG_OUTCOME: outcome})
+    registry.set_alias(stage, version)
+    return version
 
 
 def _flat(prefix: str, summary: dict):
@@ -130,7 +158,8 @@ def parent_summary(records: dict[str, StepRecord], model: StepRecord, eval_metri
         "mean_chosen_length": get("pairs", "mean_chosen_length"),
         "mean_rejected_length": get("pairs", "mean_rejected_length"),
         "dpo_reward_accuracy": model.summary.get("final/rewards/accuracies"),
-        "train_loss": model.summary.get("final/loss"),
+        # Cross-entropy and DPO loss are different quantities: one metric each, never one line.
+        "dpo_loss" if iteration else "sft_loss": model.summary.get("final/loss"),
         "judge_accuracy": get("judge_health", "pairwise_accuracy", rate=True),
         "judge_exact_agreement": get("judge_health", "exact_agreement", rate=True),
         "judge_verdict_agreement": get("judge_health", "verdict_agreement", rate=True),

@@ -1,8 +1,8 @@
 """`selfreward`: run a self-rewarding pipeline, compare its stages, open the MLflow UI.
 
-    selfreward run [CONFIG] [--output DIR] [--set KEY=VALUE ...]
+    selfreward run [CONFIG] [--output DIR] [--set KEY=VALUE ...] [--more-iterations N]
     selfreward compare [RUN_NAME] [--output DIR] [--json]
-    selfreward ui [--output DIR] [--port PORT]
+    selfreward ui [--output DIR] [--port PORT] [--run RUN_NAME]
 
 A mistake in the input (config, data, model directory, judge template, `--output`) or a run directory
 that another run holds prints one clear message and exits with code 2; nothing is written. So does a
@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_output_dir(output)
     check_run_name(output, config.run_name)
     with run_lock(output / config.run_name):  # before Prefect starts: a second run is refused at once
-        return _run(config, output)
+        return _run(config, output, args.more_iterations)
 
 
 class _KnownErrorTracebacks(logging.Filter):
@@ -93,7 +93,7 @@ def _quiet_known_errors() -> None:
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
-def _run(config, output: Path) -> int:
+def _run(config, output: Path, more_iterations: int = 0) -> int:
     if "PREFECT_API_URL" not in os.environ:
         # Ephemeral Prefect keeps its database with the run, so `selfreward ui` can show it later.
         os.environ.setdefault("PREFECT_HOME", str(output / "prefect"))
@@ -102,7 +102,7 @@ def _run(config, output: Path) -> int:
     from pipeline.report import format_table
 
     _quiet_known_errors()
-    result = self_rewarding_flow(config, output_dir=str(output))
+    result = self_rewarding_flow(config, output_dir=str(output), more_iterations=more_iterations)
     print(f"\n{format_table(result['rows'])}\n")
     print(f"run folder: {result['run_dir']}")
     print(f"stage plot: {result['plot']}")
@@ -111,26 +111,48 @@ def _run(config, output: Path) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from pipeline.promotion import CHAMPION_ALIAS, TAG_CHAMPION, TAG_PROMOTION
     from pipeline.report import comparison_rows, format_table, jsonable, plot_comparison
-    from pipeline.tracking import Tracker, default_tracking_uri
+    from pipeline.tracking import Tracker, default_tracking_uri, registered_model_name
 
     output = Path(args.output).resolve()
     tracking_uri = default_tracking_uri(output)
     if tracking_uri.startswith("sqlite") and not (output / "mlflow.db").is_file():
         return _fail(f"no MLflow store in {output} (expected {output / 'mlflow.db'}); run `selfreward run` first")
-    tracker = Tracker(tracking_uri, args.experiment, artifact_root=output / "mlartifacts")
+    tracker = Tracker(tracking_uri, args.experiment)
     run_name = args.run_name or tracker.latest_pipeline_name()
     parent = tracker.find_pipeline(run_name) if run_name else None
     if parent is None:
         return _fail(f"no run named {run_name!r} in experiment {args.experiment!r} at {tracking_uri}")
     rows = comparison_rows(tracker.stage_metrics(parent))
+    parent_run = tracker.client.get_run(parent)
+    champion = parent_run.data.tags.get(TAG_CHAMPION)
+    stage_tags = {stage: tracker.client.get_run(run_id).data.tags for stage, run_id in tracker.stage_runs(run_name).items()}
+    for row in rows:  # the champion and why each stage was (not) promoted
+        row["champion"] = row["stage"] == champion
+        if TAG_PROMOTION in stage_tags.get(row["stage"], {}):
+            row["promotion"] = stage_tags[row["stage"]][TAG_PROMOTION]
     plot = plot_comparison(rows, output / run_name / "plots" / "compare.png")
     if args.json:
         print(json.dumps(jsonable(rows), indent=2))
     else:
         print(format_table(rows))
+        if champion:
+            registered = parent_run.data.params.get("tracking.registered_model")  # None is logged as "None"
+            name = registered_model_name(run_name, None if registered in (None, "None") else registered)
+            print(f"champion: {champion} (models:/{name}@{CHAMPION_ALIAS})")
+        for row in rows:
+            if "promotion" in row:
+                print(f"  {row['stage']}: {row['promotion']}")
         print(f"plot: {plot}")
     return 0
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
 
 
 def ui_command(output: Path, port: int) -> list[str]:
@@ -146,9 +168,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     db = output / "mlflow.db"
     if not db.is_file():
         return _fail(f"no MLflow store in {output} (expected {db}); run `selfreward run` first")
+    from pipeline.ui_links import run_links
+
     command = ui_command(output, args.port)
     print(f"MLflow UI: http://127.0.0.1:{args.port}  (Ctrl-C to stop)")
+    for what, url in run_links(db, args.experiment, args.run_name, f"http://127.0.0.1:{args.port}").items():
+        print(f"  {what}: {url}")
     print(f"Prefect UI: PREFECT_HOME={output / 'prefect'} prefect server start --host 127.0.0.1")
+    sys.stdout.flush()  # before the server's own output, also when stdout is a pipe
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     try:
         return subprocess.run(command, env=env).returncode
@@ -165,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default="runs", help="output directory (default: ./runs)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. --set iteration.dpo.beta=0.2")
+    run.add_argument("--more-iterations", type=_non_negative, default=0, metavar="N",
+                     help="continue a finished run with N more iterations (an unfinished one is resumed first)")
     run.set_defaults(func=cmd_run)
 
     compare = sub.add_parser("compare", help="per-stage table and plot of a run")
@@ -177,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for an output directory")
     ui.add_argument("--output", default="runs")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--run", dest="run_name", help="run whose direct links are printed (default: the most recent)")
+    ui.add_argument("--experiment", default="selfreward")
     ui.set_defaults(func=cmd_ui)
     return parser
 

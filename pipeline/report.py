@@ -82,8 +82,8 @@ def plot_comparison(rows: Sequence[Mapping], path: Path, metrics: Sequence[str] 
 
 
 def _plottable(rows: Sequence[Mapping]) -> list[str]:
-    preferred = ["gt_score", "gt_success", "judge_pairwise_accuracy", "mean_response_length", "num_pairs",
-                 "dpo_reward_accuracy"]
+    preferred = ["gt_score", "gt_success", "judge_pairwise_accuracy", "judge_accuracy", "judge_parse_failures",
+                 "mean_response_length", "num_pairs", "dpo_reward_accuracy", "parse_failure_rate"]
     keys = [k for k in preferred if any(k in r for r in rows)]
     return keys or [k for k in rows[0] if k not in ("stage", "model")] if rows else []
 
@@ -103,17 +103,22 @@ def plot_learning_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path
     return _save(fig, path)
 
 
-def plot_score_histogram(histogram: Mapping[str, int], path: Path, title: str) -> Path | None:
-    if not histogram:
+def plot_score_histogram(histogram: Mapping[str, int], path: Path, title: str, unparsed: int = 0) -> Path | None:
+    """Bars of parsed judgment scores (rounded to an integer bucket) plus one bar, in another colour,
+    for the judgments whose score could not be parsed."""
+    if not histogram and not unparsed:
         return None
     keys = sorted(histogram, key=lambda k: float(k) if _is_number(k) else float("inf"))
     fig = Figure(figsize=(5, 3))
     ax = fig.subplots()
-    ax.bar(keys, [histogram[k] for k in keys])
+    ax.bar(keys, [histogram[k] for k in keys], label="parsed")
+    if unparsed:
+        ax.bar(["unparsed"], [unparsed], color="tab:red", label="unparsed")
     ax.set_title(title)
     ax.set_xlabel("judge score")
-    ax.set_ylabel("candidates")
-    fig.subplots_adjust(**_FIXED_MARGINS)
+    ax.set_ylabel("judgments")
+    # The y label sits left of the default 0.12 margin: a wider one keeps it inside the image.
+    fig.subplots_adjust(**{**_FIXED_MARGINS, "left": 0.16, "bottom": 0.2})
     return _save(fig, path)
 
 
@@ -137,6 +142,20 @@ def stage_summary_markdown(run_name: str, stage: str, metrics: Mapping[str, floa
     lines = [f"# {run_name}: {stage}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_cell(v)} |" for k, v in sorted(metrics.items())]
     lines += ["", f"MLflow: {link}"]
+    return "\n".join(lines)
+
+
+# What a model version's description shows first (every metric is on the stage run).
+KEY_METRICS = ["gt_score", "gt_success", "self_judge_score", "judge_accuracy", "judge_parse_failures",
+               "num_pairs", "parse_failure_rate", "dpo_reward_accuracy"]
+
+
+def version_description(run_name: str, stage: str, metrics: Mapping[str, float], outcome: str) -> str:
+    """Markdown description of a stage's registered model version: what it is and its key metrics."""
+    model = "M1 (SFT)" if stage == "sft" else f"M{int(stage.removeprefix('iter-')) + 1}"
+    lines = [f"**{run_name} {stage}**: {model} of self-rewarding run `{run_name}`; outcome: {outcome}.", "",
+             "| metric | value |", "|---|---|"]
+    lines += [f"| {key} | {_cell(metrics[key], count=key.startswith('num_'))} |" for key in KEY_METRICS if key in metrics]
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@
         .lock                    pipeline.runlock
         .identity.json           who the run is: a random id (tagged on its MLflow runs), its MLflow
                                  parent run, the Prefect flow runs it ran as
-        config.yaml              the resolved config; a resume must match it
+        config.yaml              the resolved config; a resume must match it (`iterations` may rise)
         inputs.json              sha256 of every input file (pipeline.inputs)
 
 The identity lives in the folder, not in the run name: another folder with the same run name on the
@@ -27,7 +27,7 @@ from pipeline.config import ConfigError, RunConfig
 from pipeline.tracking import flatten
 
 __all__ = ["CONFIG_FILE", "IDENTITY_FILE", "RESERVED_NAMES", "RunDirError", "RunIdentity", "check_output_dir",
-           "check_run_name", "check_saved_config", "read_identity", "write_config", "write_identity"]
+           "check_run_name", "check_saved_config", "read_identity", "saved_config", "write_config", "write_identity"]
 
 CONFIG_FILE = "config.yaml"
 IDENTITY_FILE = ".identity.json"
@@ -87,34 +87,55 @@ def check_run_name(output: Path, run_name: str) -> None:
                           f"choose another run_name")
 
 
-def check_saved_config(run_dir: Path, config: RunConfig) -> None:
-    """A resume must use the config the run started with (fields added since count as their defaults).
-
-    Raises:
-        ConfigError: naming the changed fields.
-    """
+def saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config a run saved (resolved, fields added since at their defaults), or None before it saved one."""
     saved = run_dir / CONFIG_FILE
     if not saved.is_file():
-        return
+        return None
     previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
     try:  # fields added since the run started count as their defaults, not as changes
-        previous = RunConfig.model_validate(previous).model_dump(mode="json")
+        return RunConfig.model_validate(previous).model_dump(mode="json")
     except ValueError:
-        pass  # a field that no longer exists: compared as saved, so it is named below
+        return previous  # a field that no longer exists: compared as saved, so it is named as a change
+
+
+def check_saved_config(run_dir: Path, config: RunConfig) -> int | None:
+    """A resume must use the config the run started with (fields added since count as their defaults),
+    except that `iterations` may be raised: the run continues from its last finished iteration.
+
+    Returns:
+        The saved `iterations` when `config` raises it (the run continues), else None.
+
+    Raises:
+        ConfigError: naming the changed fields, or a lowered `iterations`.
+    """
+    previous = saved_config(run_dir)
+    if previous is None:
+        return None
     old, new = flatten(previous), flatten(config.model_dump(mode="json"))
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k != "iterations")
     if changed:
         raise ConfigError(
             f"run '{config.run_name}' in {run_dir.parent} was started with a different config "
-            f"(changed: {', '.join(changed[:8])}); resume it with the same config, or start a new run "
-            f"with --set run_name=<new name>"
+            f"(changed: {', '.join(changed[:8])}); resume it with the same config (only `iterations` may be "
+            f"raised, to continue it), or start a new run with --set run_name=<new name>"
         )
+    before = previous.get("iterations")
+    if not isinstance(before, int) or before == config.iterations:
+        return None
+    if config.iterations < before:
+        raise ConfigError(
+            f"run '{config.run_name}' in {run_dir.parent} has iterations={before}; it can be raised to continue "
+            f"the run, not lowered to {config.iterations} (its later stages are in MLflow). Resume it with "
+            f"--set iterations={before} or more")
+    return before
 
 
-def write_config(run_dir: Path, config: RunConfig) -> None:
-    """Save the resolved config once, when the run starts (it marks the folder as a run's)."""
+def write_config(run_dir: Path, config: RunConfig, *, continued: bool = False) -> None:
+    """Save the resolved config when the run starts (it marks the folder as a run's), and again when
+    `continued` (its `iterations` raised: the only change a resume may make)."""
     saved = run_dir / CONFIG_FILE
-    if not saved.is_file():
+    if continued or not saved.is_file():
         write_text_atomic(saved, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 

@@ -2,7 +2,7 @@
 
 Sections follow the loop's steps: `model`, `data`, `sft`, then `iteration` (the settings every
 iteration uses) and `overrides` (per-iteration changes, as a list or a mapping by iteration number),
-plus `eval`, `runtime`, `tracking` and `engine`. Defaults live here, once; a YAML file holds only
+plus `eval`, `runtime`, `tracking`, `promotion` and `engine`. Defaults live here, once; a YAML file holds only
 what it changes. Field names equal the argument names of the ML packages' settings objects, so a
 section becomes one with `section.to(SettingsClass)`.
 
@@ -296,6 +296,27 @@ class TrackingConfig(_Section):
     )
 
 
+# Stage metrics a challenger can be judged on (the parent run's per-stage summary); the `gt_*` ones
+# exist only where a task has ground truth (`data.task: demo_rules`).
+PROMOTION_METRICS = ("gt_score", "gt_success", "gt_score_sampled", "judge_pairwise_accuracy", "self_judge_score",
+                     "judge_accuracy")
+
+
+class PromotionConfig(_Section):
+    """Champion and challenger: which stage's model holds the registry alias `champion`, and which
+    model the next iteration starts from (`pipeline/promotion.py`)."""
+
+    enabled: bool = Field(True, description="move the `champion` alias to a stage's model only when it beats the champion")
+    metric: Literal[PROMOTION_METRICS] = Field("gt_score", description="stage metric compared (higher is better)")  # type: ignore[valid-type]
+    margin: float = Field(0.0, ge=0, description="a challenger must beat the champion's metric by more than this")
+    max_judge_parse_failures: float | None = Field(
+        0.25, ge=0, le=1, description="veto: the challenger's judge fails to parse more than this share of held-out judgments (null: off)")
+    max_judge_accuracy_drop: float | None = Field(
+        0.1, ge=0, le=1, description="veto: the challenger's judge accuracy is more than this below the champion's (null: off)")
+    start_from: Literal["latest", "champion"] = Field(
+        "latest", description="model each iteration starts from: the latest stage's, or the champion")
+
+
 class EngineConfig(_Section):
     """What samples, judges and evaluates: our own decoding loop, or vLLM in its own virtualenv.
 
@@ -327,6 +348,7 @@ class RunConfig(_Section):
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     tracking: TrackingConfig = TrackingConfig()
+    promotion: PromotionConfig = PromotionConfig()
     engine: EngineConfig = EngineConfig()
 
     @model_validator(mode="before")
@@ -351,6 +373,22 @@ class RunConfig(_Section):
         if self.runtime.parallel_generation and self.engine.name != "native":
             raise ValueError("runtime.parallel_generation splits the native engine's batches over processes; "
                              "vLLM spreads one model over GPUs with engine.tensor_parallel_size instead")
+        return self
+
+    @model_validator(mode="after")
+    def _champion_can_change(self) -> "RunConfig":
+        # An unmeasured metric only tags "not measured"; but building every iteration on a champion
+        # that can never change would silently restart each one from M1.
+        metric, where = self.promotion.metric, "promotion.start_from 'champion'"
+        if self.promotion.start_from == "champion":
+            if not self.promotion.enabled:
+                raise ValueError(f"{where} needs promotion.enabled")
+            if metric != "judge_accuracy" and not self.eval.enabled:
+                raise ValueError(f"{where} needs eval.enabled to measure promotion.metric {metric!r} "
+                                 "(or promotion.metric judge_accuracy, measured by judge health)")
+            if metric.startswith("gt_") and self.data.task is None:
+                raise ValueError(f"{where}: promotion.metric {metric!r} needs ground truth (data.task: demo_rules); "
+                                 "use self_judge_score")
         return self
 
     @model_validator(mode="after")

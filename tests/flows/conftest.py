@@ -22,6 +22,10 @@ TINY = [
     "iteration.on_degenerate=skip",
     # A barely trained model writes no valid task either: the iterations draw from the pool.
     "iteration.prompts.source=seed",
+    # The demo starts each iteration from the champion; a barely trained judge fails its health veto,
+    # so M1 would stay champion and start every iteration. The loop's tests build on the latest model
+    # (tests/flows/test_run.py tests the champion start).
+    "promotion.start_from=latest",
 ]
 
 

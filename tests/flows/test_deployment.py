@@ -1,5 +1,6 @@
 """End to end as a user deploys it: a real `prefect server`, a real `mlflow server`, `prefect deploy`
-of the repo's prefect.yaml, a process worker, and `prefect deployment run --watch`."""
+of the repo's prefect.yaml, a process worker, and `prefect deployment run --watch` of the nightly
+deployment twice in a row (the second night continues the run by one iteration)."""
 
 import json
 import os
@@ -63,13 +64,16 @@ def test_prefect_deploy_worker_run_lands_in_mlflow_server(servers, tmp_path):
     worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "selfreward-process", "--limit", "1"],
                    tmp_path / "worker.log", env, cwd=REPO)
     try:
-        params = {"config": "configs/demo.yaml", "output_dir": str(tmp_path / "runs"),
-                  "overrides": TINY + ["run_name=deployed", "iterations=1"]}
-        watched = run("deployment", "run", "selfreward/adhoc", "--params", json.dumps(params),
-                      "--watch", "--watch-interval", "1", "--watch-timeout", "500", timeout=560)
-        log = (tmp_path / "worker.log").read_text()[-4000:]
-        assert watched.returncode == 0, watched.stdout[-3000:] + watched.stderr[-3000:] + log
-        assert "Completed" in watched.stdout
+        # The nightly deployment twice in a row, as its schedule starts it (its own `more_iterations: 1`),
+        # on a tiny config in a temporary folder: the first night runs SFT and iterations=1, the second
+        # continues the finished run with iter-2.
+        params = {"output_dir": str(tmp_path / "runs"), "overrides": TINY + ["run_name=deployed", "iterations=1"]}
+        for night in (1, 2):
+            watched = run("deployment", "run", "selfreward/nightly", "--params", json.dumps(params),
+                          "--watch", "--watch-interval", "1", "--watch-timeout", "500", timeout=560)
+            log = (tmp_path / "worker.log").read_text()[-4000:]
+            assert watched.returncode == 0, f"night {night}: " + watched.stdout[-3000:] + watched.stderr[-3000:] + log
+            assert "Completed" in watched.stdout
     finally:
         stop(worker)
 
@@ -78,6 +82,8 @@ def test_prefect_deploy_worker_run_lands_in_mlflow_server(servers, tmp_path):
     assert parent is not None
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     assert client.get_run(parent).info.status == "FINISHED"
-    assert sorted(tracker.stage_runs("deployed")) == ["iter-1", "sft"]
+    assert sorted(tracker.stage_runs("deployed")) == ["iter-1", "iter-2", "sft"]
     assert "prefect.flow_run_id" in client.get_run(parent).data.tags
-    assert client.get_model_version_by_alias("deployed-policy", "iter-1").version
+    assert client.get_run(parent).data.tags["selfreward.iterations"] == "2"
+    assert client.get_model_version_by_alias("deployed-policy", "iter-2").version
+    assert client.get_model_version_by_alias("deployed-policy", "champion").version

@@ -38,7 +38,7 @@ def test_iteration_loads_m_t_once_and_releases_it_before_training(tmp_path, monk
                         lambda self: events.append(("release", self.loaded)) or release(self))
 
     tracking_uri = default_tracking_uri(tmp_path)
-    tracker = Tracker(tracking_uri, config.tracking.experiment, tmp_path / "mlartifacts")
+    tracker = Tracker(tracking_uri, config.tracking.experiment)
     parent = tracker.start_pipeline(config.run_name, {}, "fp", {})
     new_model = iteration_flow(config, 1, str(run_dir), [base], data, parent, tracking_uri)
 

@@ -59,7 +59,7 @@ def test_an_iteration_samples_judges_and_evaluates_on_vllm(tmp_path, monkeypatch
     monkeypatch.setattr(generation.decoding, "_decode_bucket", native_loop)
 
     tracking_uri = default_tracking_uri(tmp_path)
-    tracker = Tracker(tracking_uri, config.tracking.experiment, tmp_path / "mlartifacts")
+    tracker = Tracker(tracking_uri, config.tracking.experiment)
     parent = tracker.start_pipeline(config.run_name, {}, "fp", {})
     iteration_flow(config, 1, str(run_dir), [base], data, parent, tracking_uri)
 

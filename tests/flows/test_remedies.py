@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
 def run_iteration(trained, *overrides):
     config = tiny_config(*TRAINED, *overrides)
     tracking_uri = default_tracking_uri(trained["run_dir"].parent)
-    tracker = Tracker(tracking_uri, config.tracking.experiment, trained["run_dir"].parent / "mlartifacts")
+    tracker = Tracker(tracking_uri, config.tracking.experiment)
     parent = tracker.start_pipeline(config.run_name, {}, "fp", {})
     record = iteration_flow(config, 1, str(trained["run_dir"]), trained["models"], trained["data"], parent, tracking_uri)
     run = MlflowClient(tracking_uri).get_run(tracker.stage_runs(config.run_name)["iter-1"])

@@ -2,13 +2,20 @@
 seed design's DPO options (EMA reference, early stopping on held-out pairs) reached from the config."""
 
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 from mlflow.tracking import MlflowClient
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
 from dpo import DPODataset
 from flows import self_rewarding_flow
+from flows.resume import TAG_ITERATIONS
 from flows.stepdir import FAIL_STEP_ENV, MANIFEST, InjectedFault, StepRecord, sha256_file
+from pipeline.config import ConfigError
+from pipeline.promotion import TAG_CHAMPION, TAG_PROMOTION, decisions
+from pipeline.rundir import saved_config
 from pipeline.tracking import TAG_PARENT, Tracker, default_tracking_uri
 from tests.flows.conftest import tiny_config
 
@@ -66,6 +73,65 @@ def test_end_to_end_stages_metrics_pairs_and_model_versions(tmp_path):
     assert len(set(versions.values())) == 3
     newest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
     assert newest == int(versions["iter-2"])  # what `models:/<name>/latest` resolves to
+
+    # Champion and challenger: the alias follows the decisions, each stage and version says why.
+    decided = decisions(tracker.stage_metrics(parent), config.promotion)
+    champion = STAGES[[d.stage for d in decided if d.promoted][-1]]
+    assert result["champion"] == champion and client.get_run(parent).data.tags[TAG_CHAMPION] == champion
+    assert client.get_model_version_by_alias(name, "champion").version == versions[champion]
+    for decision, stage in zip(decided, STAGES, strict=True):
+        assert client.get_run(children[stage]).data.tags[TAG_PROMOTION] == decision.reason
+        version = client.get_model_version(name, versions[stage])
+        assert version.tags[TAG_PROMOTION] == decision.reason and "alias" not in version.tags
+        assert f"**{config.run_name} {stage}**" in version.description and "| gt_score |" in version.description
+
+    # The verdict: on the parent run in MLflow and as the Prefect flow run's own artifact.
+    assert {"summary/verdict.md", "summary/stages.json"} <= {a.path for a in client.list_artifacts(parent, "summary")}
+    verdict = Path(result["verdict"]).read_text()
+    assert f"**champion: {champion} " in verdict and "| iter-2 (M3) |" in verdict
+    flow_run_id = UUID(client.get_run(parent).data.tags["prefect.flow_run_id"])
+    with get_client(sync_client=True) as prefect:
+        artifacts = prefect.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=["demo-verdict"])))
+    assert len(artifacts) == 1 and artifacts[0].data.startswith(verdict) and artifacts[0].type == "markdown"
+
+
+def test_iterations_start_from_the_champion_when_configured(tmp_path):
+    # No stage can beat M1's gt_score by more than 1.0: M1 stays champion, so iteration 2 starts from
+    # M1 instead of M2 (its subflow is handed M1's lineage only).
+    config = tiny_config("promotion.start_from=champion", "promotion.margin=1.0")
+    result = self_rewarding_flow(config, output_dir=str(tmp_path))
+    assert result["champion"] == "sft"
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    children = Tracker(default_tracking_uri(tmp_path), config.tracking.experiment).stage_runs(config.run_name)
+    reason = client.get_run(children["iter-2"]).data.tags[TAG_PROMOTION]
+    assert reason.endswith("champion stays sft"), reason
+    with get_client(sync_client=True) as prefect:
+        iter2 = prefect.read_flow_run(UUID(client.get_run(children["iter-2"]).data.tags["prefect.flow_run_id"]))
+    assert [Path(m["path"]).name for m in iter2.parameters["models"]] == ["sft"]
+    name = f"{config.run_name}-policy"
+    assert client.get_model_version_by_alias(name, "champion").version == client.get_model_version_by_alias(name, "sft").version
+
+
+def test_a_finished_run_continues_with_more_iterations(tmp_path):
+    config = tiny_config("iterations=1")
+    run_dir = Path(self_rewarding_flow(config, output_dir=str(tmp_path))["run_dir"])
+    before = _manifest_times(run_dir)
+    continued = self_rewarding_flow(config, output_dir=str(tmp_path), more_iterations=1)  # as the nightly deployment
+    assert [r["stage"] for r in continued["rows"]] == STAGES
+    after = _manifest_times(run_dir)
+    assert {k: after[k] for k in before} == before and "iter-2/checkpoint/manifest.json" in after  # only iter-2 is new
+    assert saved_config(run_dir)["iterations"] == 2
+    tracker = Tracker(default_tracking_uri(tmp_path), config.tracking.experiment)
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    parents = client.search_runs([tracker.experiment_id], "tags.`selfreward.stage` = 'pipeline'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags[TAG_ITERATIONS] == "2" and parents[0].data.params["iterations"] == "1"
+    assert sorted(tracker.stage_runs(config.run_name)) == sorted(STAGES)
+    assert client.get_model_version_by_alias(f"{config.run_name}-policy", "iter-2").run_id == tracker.stage_runs(
+        config.run_name)["iter-2"]
+    with pytest.raises(ConfigError, match="not lowered to 1"):  # the continued run keeps its iterations
+        self_rewarding_flow(config, output_dir=str(tmp_path))
 
 
 def _manifest_times(run_dir: Path) -> dict[str, int]:

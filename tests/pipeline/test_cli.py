@@ -57,8 +57,11 @@ def test_compare_json_has_one_object_per_stage(finished_run):
                 "mean_response_length"):
         assert key in rows[1], key
     assert (out / "cli" / "plots" / "compare.png").is_file()
+    assert [r["champion"] for r in rows].count(True) == 1 and all(r["promotion"] for r in rows)
+    champion = next(r["stage"] for r in rows if r["champion"])
     table = cli("compare", "--output", str(out))  # no name: the most recent run
     assert table.returncode == 0 and table.stdout.splitlines()[0].startswith("stage")
+    assert f"champion: {champion} (models:/cli-policy@champion)" in table.stdout
 
 
 def test_compare_unknown_run_and_missing_store_exit_2(finished_run, tmp_path):
@@ -75,6 +78,18 @@ def test_same_run_name_with_another_config_is_refused(finished_run):
     proc = cli("run", "--output", str(out), *sets)
     assert proc.returncode == 2
     assert "different config" in proc.stderr and "iteration.dpo.beta" in proc.stderr
+
+
+def _printed_links(proc: subprocess.Popen) -> dict[str, str]:
+    """The `  what: url` lines `selfreward ui` prints before the server's own output."""
+    links = {}
+    for line in iter(proc.stdout.readline, ""):
+        if line.startswith("  ") and ": http" in line:
+            what, url = line.strip().split(": ", 1)
+            links[what] = url
+        elif links:
+            return links
+    return links
 
 
 def test_ui_serves_mlflow_on_loopback(finished_run):
@@ -98,6 +113,12 @@ def test_ui_serves_mlflow_on_loopback(finished_run):
             pytest.fail("MLflow UI did not come up")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=selfreward") as r:
             assert json.load(r)["experiment"]["name"] == "selfreward"
+        links = _printed_links(proc)
+        assert set(links) == {"model metrics", "compare stages", "verdict", "champion model"}
+        parent = links["verdict"].split("/runs/")[1].split("/")[0]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/get-artifact?path=summary/verdict.md&run_uuid={parent}") as r:
+            assert "# cli: verdict" in r.read().decode()  # what the verdict link shows
+        assert links["model metrics"].endswith(f"/runs/{parent}/model-metrics")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)

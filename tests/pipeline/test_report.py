@@ -36,7 +36,9 @@ def test_plots_are_written_and_nothing_to_plot_writes_nothing(tmp_path):
     assert plot_learning_curves({"loss": []}, tmp_path / "none.png", "x") is None
     assert plot_score_histogram({"3": 10, "5": 2}, tmp_path / "hist.png", "scores").is_file()
     assert plot_score_histogram({}, tmp_path / "empty.png", "scores") is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "hist.png", "stages.png"]
+    # A judge that parsed nothing still shows its (red) unparsed bar: the failure is the news.
+    assert plot_score_histogram({}, tmp_path / "unparsed.png", "scores", unparsed=6).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "hist.png", "stages.png", "unparsed.png"]
 
 
 def test_importing_the_report_selects_no_matplotlib_backend():

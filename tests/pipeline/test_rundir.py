@@ -1,15 +1,18 @@
 """The run folder's checks and files: --output and run_name refused before anything is written, the
-identity a folder keeps (new, saved, or legacy for a folder that predates identities)."""
+identity a folder keeps (new, saved, or legacy for a folder that predates identities), and the saved config a
+resume must match (only `iterations` may be raised)."""
 
 import pytest
 
-from pipeline.config import load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.rundir import (
     RunDirError,
     RunIdentity,
     check_output_dir,
     check_run_name,
+    check_saved_config,
     read_identity,
+    saved_config,
     write_config,
     write_identity,
 )
@@ -50,3 +53,21 @@ def test_identity_is_new_saved_or_legacy(tmp_path):
     (tmp_path / "run" / ".identity.json").write_text("{not json")
     with pytest.raises(RunDirError, match="cannot be read"):
         read_identity(tmp_path / "run")
+
+
+def test_a_resume_may_raise_iterations_and_nothing_else(tmp_path):
+    run_dir = tmp_path / "demo"
+    started = load_config(None, ["iterations=2"])
+    assert check_saved_config(run_dir, started) is None  # a new run
+    write_config(run_dir, started)
+    assert check_saved_config(run_dir, started) is None  # a plain resume
+    raised = load_config(None, ["iterations=4"])
+    assert check_saved_config(run_dir, raised) == 2  # continues from 2
+    with pytest.raises(ConfigError, match="not lowered to 1"):
+        check_saved_config(run_dir, load_config(None, ["iterations=1"]))
+    with pytest.raises(ConfigError, match=r"changed: iteration\.dpo\.beta\)"):
+        check_saved_config(run_dir, load_config(None, ["iterations=4", "iteration.dpo.beta=0.3"]))
+    write_config(run_dir, raised)
+    assert saved_config(run_dir)["iterations"] == 2  # written once, unless the run continues
+    write_config(run_dir, raised, continued=True)
+    assert saved_config(run_dir)["iterations"] == 4 and check_saved_config(run_dir, raised) is None

@@ -9,7 +9,7 @@ from pipeline.tracking import RunIdentityError, Tracker
 @pytest.fixture
 def store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = Tracker(uri, "selfreward", artifact_root=tmp_path / "artifacts")
+    tracker = Tracker(uri, "selfreward")
     run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
     return uri, tracker, run_id
 

@@ -1,4 +1,4 @@
-"""All MLflow code of the project: one parent run per pipeline run, one child run per stage.
+"""The Tracker: one parent MLflow run per pipeline run, one child run per stage.
 
 Runs are found again by tags, so a resumed pipeline reuses its runs instead of adding rows: the
 parent by the run's identity (`selfreward.run_uid`, a random id kept in the run folder, see
@@ -8,32 +8,28 @@ run never reopens, reports or re-aliases another run's runs and weights. Every c
 explicitly (`MlflowClient`), because MLflow's "active run" is thread-local and Prefect may run steps
 in other threads.
 
-A tracking server that goes away is retried with exponential back-off (`retries`, bounded); every
-public method is idempotent (find-or-create, skip what is already logged), so retrying a whole
-method never duplicates a run, a param, a metric row or a model version. When the server stays
-away, `TrackingUnavailableError` names the tracking URI. One outage spends one retry budget per
-process: once a store is declared unreachable, every later call to it in the process (the last
-curve points, marking runs failed, other Trackers) fails at once until a call gets through, so a run
-stops `retries` back-offs after the store went away, not a multiple of that.
+Every public method is idempotent (find-or-create, skip what is already logged) and retried on
+connection errors (`pipeline.tracking.retry`), so retrying a whole method never duplicates a run, a
+param, a metric row or a model version.
 """
 
-import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import requests
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
+from pipeline.artifact_store import LOCATION, local_artifact_root, register_resolver
 from pipeline.metric_buffer import MetricBuffer
+from pipeline.tracking.retry import UNREACHABLE, retrying
 
 TAG_RUN_NAME = "selfreward.run_name"
 TAG_STAGE = "selfreward.stage"
@@ -47,15 +43,7 @@ _PARAM_MAX_CHARS = 6000  # MLflow's limit for one param value
 _TAG_MAX_CHARS = 1000  # well under MLflow's limit; an outcome is a sentence, not a traceback
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch
 _METRIC_BATCH = 1000  # ... and at most 1000 metrics
-_MAX_BACKOFF_SECONDS = 30.0
-# Error codes of a server that is overloaded or restarting, not of a bad request.
-_TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "SERVICE_UNDER_MAINTENANCE"}
-_TRANSIENT_TEXT = ("failed with exception", "failed with timeout exception", "database is locked")
-logger = logging.getLogger(__name__)
-
-
-class TrackingUnavailableError(RuntimeError):
-    """The MLflow tracking store could not be reached through all retries."""
+logger = logging.getLogger("pipeline.tracking")
 
 
 class RunIdentityError(ValueError):
@@ -65,70 +53,6 @@ class RunIdentityError(ValueError):
 def registered_model_name(run_name: str, registered_model: str | None) -> str:
     """The registry name of a run's checkpoints: `tracking.registered_model`, default `<run_name>-policy`."""
     return registered_model or f"{run_name}-policy"
-
-
-def _is_transient(err: BaseException) -> bool:
-    if isinstance(err, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
-        return True
-    if isinstance(err, MlflowException):
-        # Connection refused / reset / timeouts surface as "API request to <url> failed with exception".
-        return err.error_code in _TRANSIENT_CODES or any(text in str(err) for text in _TRANSIENT_TEXT)
-    return False
-
-
-def _describe(err: BaseException) -> str:
-    """The gist of a connection error (urllib3's own text is several hundred characters)."""
-    text = str(err)
-    for needle, gist in (("Connection refused", "connection refused"), ("timed out", "timed out"),
-                         ("Name or service not known", "unknown host"), ("database is locked", "database is locked")):
-        if needle in text:
-            return gist
-    return text[:200]
-
-
-# Tracking URI -> the message that declared it unreachable in this process (see the module docstring).
-_UNREACHABLE: dict[str, str] = {}
-
-
-def _retrying(method: Callable) -> Callable:
-    """Retry a Tracker method on connection errors with exponential back-off; only the outermost
-    call of nested Tracker methods retries, so waits never multiply, and a store already declared
-    unreachable gets one attempt."""
-
-    @functools.wraps(method)
-    def wrapper(self: "Tracker", *args: Any, **kwargs: Any) -> Any:
-        if getattr(self._local, "depth", 0):
-            return method(self, *args, **kwargs)
-        start, delay = time.monotonic(), self.retry_backoff_seconds
-        retries = 0 if self.tracking_uri in _UNREACHABLE else self.retries
-        for attempt in range(retries + 1):
-            self._local.depth = 1
-            try:
-                result = method(self, *args, **kwargs)
-                _UNREACHABLE.pop(self.tracking_uri, None)
-                return result
-            except Exception as err:
-                if not _is_transient(err):
-                    raise
-                last = err
-            finally:
-                self._local.depth = 0
-            self._last_step.clear()  # a batch may or may not have landed: ask the store again
-            self._known_keys.clear()
-            if attempt < retries:
-                logger.warning("MLflow %s: %s failed (%s); retry %d/%d in %.1f s", self.tracking_uri,
-                               method.__name__.lstrip("_"), _describe(last), attempt + 1, retries, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, _MAX_BACKOFF_SECONDS)
-        message = _UNREACHABLE.get(self.tracking_uri) or (
-            f"MLflow tracking store {self.tracking_uri} is unreachable ({retries + 1} attempts over "
-            f"{time.monotonic() - start:.0f} s; last error: {_describe(last)}). Start the tracking server again "
-            f"(or fix MLFLOW_TRACKING_URI) and run the same command: the run resumes where it stopped and "
-            f"nothing is logged twice")
-        _UNREACHABLE[self.tracking_uri] = message
-        raise TrackingUnavailableError(message) from last
-
-    return wrapper
 
 
 def default_tracking_uri(output_dir: str | Path) -> str:
@@ -148,6 +72,19 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def portable_paths(values: Any, base: Path) -> Any:
+    """`values` (a config dump) with every absolute path of an existing file or folder written relative
+    to `base`, the output folder: the params of a run then still point at its inputs when the output
+    folder moves together with them, and never at another machine's layout."""
+    if isinstance(values, Mapping):
+        return {key: portable_paths(value, base) for key, value in values.items()}
+    if isinstance(values, list):
+        return [portable_paths(value, base) for value in values]
+    if isinstance(values, str) and os.path.isabs(values) and os.path.exists(values):
+        return os.path.relpath(values, base)
+    return values
+
+
 class Tracker:
     """Parent/child MLflow runs for one pipeline run, resumable by tags."""
 
@@ -155,7 +92,6 @@ class Tracker:
         self,
         tracking_uri: str,
         experiment: str,
-        artifact_root: Path | None = None,
         *,
         retries: int = 5,
         retry_backoff_seconds: float = 2.0,
@@ -164,8 +100,9 @@ class Tracker:
 
         Args:
             tracking_uri: MLflow tracking URI (a server URL or a sqlite store).
-            experiment: Experiment name.
-            artifact_root: Artifact folder of a new experiment in a local sqlite store.
+            experiment: Experiment name. Created in a local sqlite store, its artifact location is
+                `mlflow-artifacts:/`: `mlartifacts/` beside the sqlite file, wherever it is now
+                (`pipeline.artifact_store`).
             retries: Retries of a call that failed to reach the store (0: fail at once).
             retry_backoff_seconds: First wait between retries; doubles each time, at most 30 s.
 
@@ -178,23 +115,30 @@ class Tracker:
         self._last_step: dict[tuple[str, str], int] = {}  # (run, metric key) -> last step stored
         self._known_keys: dict[str, set[str]] = {}  # run -> metric keys it had when first seen
         self._moved: tuple[str, str] | None = None  # see _moved_artifacts
+        register_resolver()
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_id = self._experiment(experiment, artifact_root)
+        self.experiment_id = self._experiment(experiment)
+
+    def forget_logged_steps(self) -> None:
+        """Ask the store again which metric steps it holds (after a call that may or may not have landed)."""
+        self._last_step.clear()
+        self._known_keys.clear()
 
     @classmethod
-    def from_config(cls, tracking_uri: str, tracking: Any, artifact_root: Path | None = None) -> "Tracker":
+    def from_config(cls, tracking_uri: str, tracking: Any) -> "Tracker":
         """A Tracker with the experiment and retry settings of a config's `tracking` section."""
-        return cls(tracking_uri, tracking.experiment, artifact_root, retries=tracking.retries,
+        return cls(tracking_uri, tracking.experiment, retries=tracking.retries,
                    retry_backoff_seconds=tracking.retry_backoff_seconds)
 
-    @_retrying
-    def _experiment(self, name: str, artifact_root: Path | None) -> str:
+    @retrying
+    def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             self._moved = self._moved_artifacts(found.artifact_location)
             return found.experiment_id
-        # With a local sqlite store, keep artifacts beside it rather than in the CWD's ./mlruns.
-        location = artifact_root.resolve().as_uri() if artifact_root and self.tracking_uri.startswith("sqlite") else None
+        # A local sqlite store keeps its artifacts beside it, with no absolute path in the store, so
+        # the output folder can move; a tracking server chooses its own location (its artifact proxy).
+        location = LOCATION if local_artifact_root(self.tracking_uri) else None
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:  # created concurrently by another process
@@ -212,7 +156,7 @@ class Tracker:
         runs = self._search(f"tags.`{TAG_PARENT}` = '{parent_id}' and tags.`{TAG_STAGE}` = '{stage}'", 1)
         return runs[0].info.run_id if runs else None
 
-    @_retrying
+    @retrying
     def claim(self, run_name: str, identity: str, *, legacy: bool = False,
               registered_model: str | None = None) -> str | None:
         """The parent run of the run `identity` (None before it has one), after checking that no other
@@ -254,7 +198,7 @@ class Tracker:
                 f"(MLflow run {foreign[0]}); its aliases would then point at either run's weights. Set "
                 f"tracking.registered_model to another name, or use another run_name")
 
-    @_retrying
+    @retrying
     def start_pipeline(self, run_name: str, config: Mapping[str, Any], fingerprint: str, tags: Mapping[str, str],
                        *, identity: str | None = None, location: str | None = None, legacy: bool = False,
                        registered_model: str | None = None) -> str:
@@ -282,7 +226,7 @@ class Tracker:
         self.log_params(run_id, config)  # only the missing ones: a start cut off mid-way is completed
         return run_id
 
-    @_retrying
+    @retrying
     def stage_run(self, parent_id: str, run_name: str, stage: str, tags: Mapping[str, str] | None = None) -> str:
         """The child run of one stage (`sft`, `iter-1`, ...), reopened or created under the parent."""
         run_id = self._child(parent_id, stage)
@@ -310,25 +254,25 @@ class Tracker:
             self.fail(run_id, f"{type(err).__name__}: {err}")
             raise
 
-    @_retrying
+    @retrying
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         if tags:
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    @_retrying
+    @retrying
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         existing = self.client.get_run(run_id).data.params
         new = [Param(k, v) for k, v in flatten(params).items() if k not in existing]
         for i in range(0, len(new), _BATCH):
             self.client.log_batch(run_id, params=new[i : i + _BATCH])
 
-    @_retrying
+    @retrying
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
         """Log metrics at `step`, skipping (key, step) rows already logged: a resumed or retried
         step replays the same deterministic values, and MLflow would store them twice."""
         self.log_metric_steps(run_id, [(step, metrics)])
 
-    @_retrying
+    @retrying
     def log_metric_steps(self, run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]]) -> None:
         """Log several steps' metrics in as few requests as MLflow allows, like `log_metrics`."""
         now = int(time.time() * 1000)
@@ -351,11 +295,11 @@ class Tracker:
             self._last_step[(run_id, key)] = max((m.step for m in history), default=-1)
         return self._last_step[(run_id, key)]
 
-    @_retrying
+    @retrying
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
 
-    @_retrying
+    @retrying
     def stage_metrics(self, run_id: str) -> dict[int, dict[str, float]]:
         """{step: {metric: value}} of every metric of a run (the parent's per-stage summaries)."""
         by_step: dict[int, dict[str, float]] = {}
@@ -364,11 +308,11 @@ class Tracker:
                 by_step.setdefault(step, {})[key] = value
         return by_step
 
-    @_retrying
+    @retrying
     def find_pipeline(self, run_name: str) -> str | None:
         return self._find(run_name, PARENT_STAGE)
 
-    @_retrying
+    @retrying
     def latest_pipeline_name(self) -> str | None:
         runs = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{TAG_STAGE}` = '{PARENT_STAGE}'",
@@ -377,8 +321,9 @@ class Tracker:
         return runs[0].data.tags[TAG_RUN_NAME] if runs else None
 
     def _moved_artifacts(self, location: str) -> tuple[str, str] | None:
-        """(stored, real) artifact root when the default sqlite store moved with its output folder: MLflow
-        keeps the artifact location as an absolute path, so the run would write into the old folder."""
+        """(stored, real) artifact root when a sqlite store made before artifact locations were
+        `mlflow-artifacts:/` moved with its output folder: such an experiment keeps the absolute
+        `file://` location it was created with, so the run would write into the old folder."""
         if not (self.tracking_uri.startswith("sqlite:///") and location.startswith("file:")):
             return None
         here = (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
@@ -395,7 +340,7 @@ class Tracker:
         """The run's artifact repository (MLflow's own, unless the local store moved)."""
         return get_artifact_repository(self._artifact_uri(run_id)) if self._moved else None
 
-    @_retrying
+    @retrying
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         path, repo = Path(path), self._artifacts(run_id)
         if repo is None:
@@ -408,53 +353,14 @@ class Tracker:
         repo = self._artifacts(run_id)
         return repo.list_artifacts(path) if repo else self.client.list_artifacts(run_id, path)
 
-    @_retrying
-    def has_artifact(self, run_id: str, artifact_path: str) -> bool:
-        parent, _, name = artifact_path.rpartition("/")
-        return any(Path(f.path).name == name for f in self._list(run_id, parent or None))
-
-    @_retrying
-    def register_checkpoint(self, run_id: str, checkpoint_dir: Path, model_name: str, alias: str) -> str:
-        """Copy a checkpoint into the run's artifacts and register it as a model version with alias
-        `alias`; idempotent on resume (one version per run). MLflow reserves `latest` itself:
-        `models:/<name>/latest` always resolves to the newest version."""
-        if not self._artifacts_match(run_id, Path(checkpoint_dir), "checkpoint"):
-            self.log_artifact(run_id, checkpoint_dir, "checkpoint")  # also completes a cut-off upload
-        try:
-            self.client.create_registered_model(model_name)
-        except MlflowException:
-            pass  # already registered
-        existing = self.client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
-        if existing:
-            version = existing[0].version
-        else:
-            source = f"{self._artifact_uri(run_id)}/checkpoint"
-            version = self.client.create_model_version(model_name, source, run_id=run_id, tags={"alias": alias}).version
-        self.client.set_registered_model_alias(model_name, alias, version)
-        return str(version)
-
-    def _artifacts_match(self, run_id: str, local: Path, artifact_path: str) -> bool:
-        """True when every file under `local` is stored under `artifact_path` with the same size."""
-        stored = {}
-        pending = [artifact_path]
-        while pending:
-            for info in self._list(run_id, pending.pop()):
-                if info.is_dir:
-                    pending.append(info.path)
-                else:
-                    stored[info.path] = info.file_size
-        wanted = {f"{artifact_path}/{p.relative_to(local).as_posix()}": p.stat().st_size
-                  for p in local.rglob("*") if p.is_file()}
-        return all(stored.get(path) == size for path, size in wanted.items())
-
-    @_retrying
+    @retrying
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
     def fail(self, run_id: str, reason: str) -> None:
         """Mark a run FAILED with `selfreward.outcome = failed: <reason>`, once, without retries: the
         run is already failing, possibly because the store is what went away (then not at all)."""
-        if self.tracking_uri in _UNREACHABLE:
+        if self.tracking_uri in UNREACHABLE:
             logger.warning("MLflow run %s not marked as failed: the store is unreachable", run_id)
             return
         try:
@@ -463,7 +369,7 @@ class Tracker:
         except Exception as err:  # best effort by design: the original error is what gets raised
             logger.warning("could not mark MLflow run %s as failed: %s", run_id, str(err)[:200])
 
-    @_retrying
+    @retrying
     def stage_runs(self, run_name: str) -> dict[str, str]:
         """{stage: run_id} of every child run of `run_name`."""
         runs = self.client.search_runs(

@@ -1,0 +1,98 @@
+"""Screenshots of the MLflow UI on a finished run, as a person sees it: headless Chromium on the
+links `selfreward ui` prints (the parent's model metrics, the compare view of the stage runs, the
+verdict artifact, the champion's model version).
+
+    python scripts/screenshots.py --output runs [--run demo] [--dest docs/images]
+
+Needs Debian's `chromium` (`apt-get install chromium`). Starts its own MLflow UI on a free loopback
+port and stops it afterwards; writes `<dest>/<what>.png`, one per link.
+
+Known limit: the verdict, compare and model-version pages render fully; the model-metrics page's
+charts were still loading (spinners) in every try with MLflow 3.17 (its auto-refresh timers use up
+Chromium's virtual time budget). A browser driven over CDP that waits for the charts would fix it.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from pipeline.cli import ui_command
+from pipeline.env import apply_env_defaults
+from pipeline.ui_links import run_links
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the MLflow UI exited with code {server.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"the MLflow UI did not answer {url} within {timeout:.0f} s")
+
+
+def screenshot(chromium: str, url: str, path: Path, size: str) -> None:
+    # The UI is a single-page app: the virtual time budget lets its requests and rendering finish.
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--window-size={size}", "--virtual-time-budget=20000", f"--screenshot={path}", url],
+                   check=True, capture_output=True, timeout=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="runs", help="the run's output directory (holds mlflow.db)")
+    parser.add_argument("--run", dest="run_name", help="run name (default: the most recent run)")
+    parser.add_argument("--experiment", default="selfreward")
+    parser.add_argument("--dest", default="docs/images", help="folder for the PNGs")
+    parser.add_argument("--size", default="1600,1000", help="browser window WIDTH,HEIGHT")
+    args = parser.parse_args(argv)
+    apply_env_defaults()
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        print("screenshots: chromium not found (apt-get install chromium)", file=sys.stderr)
+        return 2
+    output, dest = Path(args.output).resolve(), Path(args.dest)
+    if not (output / "mlflow.db").is_file():
+        print(f"screenshots: no MLflow store in {output}", file=sys.stderr)
+        return 2
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    links = run_links(output / "mlflow.db", args.experiment, args.run_name, base)
+    if not links:
+        print(f"screenshots: no run {args.run_name or '(most recent)'} in {output}", file=sys.stderr)
+        return 2
+    dest.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(dest / "mlflow-ui.log", "w") as log:
+        server = subprocess.Popen(ui_command(output, port), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            wait_healthy(f"{base}/health", server)
+            for what, url in links.items():
+                path = dest / f"{what.replace(' ', '-')}.png"
+                screenshot(chromium, url, path, args.size)
+                print(f"{path}  <- {url}")
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
