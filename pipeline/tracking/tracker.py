@@ -337,21 +337,18 @@ class Tracker:
         return uri
 
     def _artifacts(self, run_id: str):
-        """The run's artifact repository (MLflow's own, unless the local store moved)."""
-        return get_artifact_repository(self._artifact_uri(run_id)) if self._moved else None
+        """The run's artifact repository, resolved against this tracker's store each time: MLflow's
+        client caches one per run id for the whole process, so after a run's output folder moves, a
+        second run in the same process (the flow API, tests) would still write into the old folder."""
+        return get_artifact_repository(self._artifact_uri(run_id), tracking_uri=self.tracking_uri)
 
     @retrying
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         path, repo = Path(path), self._artifacts(run_id)
-        if repo is None:
-            log = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
-            log(run_id, str(path), artifact_path)
-        else:
-            (repo.log_artifacts if path.is_dir() else repo.log_artifact)(str(path), artifact_path)
+        (repo.log_artifacts if path.is_dir() else repo.log_artifact)(str(path), artifact_path)
 
     def _list(self, run_id: str, path: str | None) -> list:
-        repo = self._artifacts(run_id)
-        return repo.list_artifacts(path) if repo else self.client.list_artifacts(run_id, path)
+        return self._artifacts(run_id).list_artifacts(path)
 
     @retrying
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
