@@ -2,11 +2,13 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from urllib.parse import quote
 
 import pytest
 
@@ -92,10 +94,30 @@ def _printed_links(proc: subprocess.Popen) -> dict[str, str]:
     return links
 
 
-def test_ui_serves_mlflow_on_loopback(finished_run):
+def _get(port: int, path: str):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+        body = r.read()
+    return json.loads(body) if path.startswith("/api/2.0/mlflow/") else body
+
+
+def _run_files(port: int, run_id: str, path: str = "") -> list[str]:
+    """Every artifact file of a run, as the UI's artifact browser lists them."""
+    listed = _get(port, f"/api/2.0/mlflow/artifacts/list?run_id={run_id}" + (f"&path={quote(path)}" if path else ""))
+    files = []
+    for entry in listed.get("files", []):
+        files += _run_files(port, run_id, entry["path"]) if entry["is_dir"] else [entry["path"]]
+    return files
+
+
+def test_ui_serves_a_moved_store_on_loopback(finished_run):
+    """The whole output folder copied elsewhere with the original gone: the UI still lists and serves
+    every run artifact and every model version's files (the store holds no absolute path)."""
     from tests.flows.test_deployment import free_port
 
-    out, _ = finished_run
+    original, _ = finished_run
+    out, aside = original.with_name(original.name + "-moved"), original.with_name(original.name + "-aside")
+    shutil.copytree(original, out, symlinks=True)
+    original.rename(aside)  # gone while the UI runs; restored for the other tests
     port = free_port()
     proc = subprocess.Popen([*CLI, "ui", "--output", str(out), "--port", str(port)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -111,15 +133,36 @@ def test_ui_serves_mlflow_on_loopback(finished_run):
                 time.sleep(0.5)
         else:
             pytest.fail("MLflow UI did not come up")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=selfreward") as r:
-            assert json.load(r)["experiment"]["name"] == "selfreward"
+        experiment = _get(port, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=selfreward")["experiment"]
         links = _printed_links(proc)
         assert set(links) == {"model metrics", "compare stages", "verdict", "champion model"}
         parent = links["verdict"].split("/runs/")[1].split("/")[0]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/get-artifact?path=summary/verdict.md&run_uuid={parent}") as r:
-            assert "# cli: verdict" in r.read().decode()  # what the verdict link shows
+        assert "# cli: verdict" in _get(port, f"/get-artifact?path=summary/verdict.md&run_uuid={parent}").decode()
         assert links["model metrics"].endswith(f"/runs/{parent}/model-metrics")
+
+        runs = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", method="POST",
+                                      data=json.dumps({"experiment_ids": [experiment["experiment_id"]]}).encode(),
+                                      headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(runs, timeout=30) as r:
+            run_ids = [run["info"]["run_id"] for run in json.load(r)["runs"]]
+        served = 0
+        for run_id in run_ids:
+            for path in _run_files(port, run_id):
+                local = out / "mlartifacts" / run_id / "artifacts" / path
+                assert _get(port, f"/get-artifact?path={quote(path)}&run_uuid={run_id}") == local.read_bytes(), path
+                served += 1
+        assert len(run_ids) == 3 and served >= 6  # parent, sft, iter-1: plots, pairs, summary, verdict
+
+        versions = _get(port, "/api/2.0/mlflow/model-versions/search?filter=" + quote("name='cli-policy'"))
+        assert len(versions["model_versions"]) == 2  # sft, iter-1
+        for version in versions["model_versions"]:
+            uri = _get(port, f"/api/2.0/mlflow/model-versions/get-download-uri?name=cli-policy&version={version['version']}")
+            root = uri["artifact_uri"].removeprefix("mlflow-artifacts:/")
+            assert not uri["artifact_uri"].startswith("file:") and str(original) not in uri["artifact_uri"]
+            assert b"flavors" in _get(port, f"/api/2.0/mlflow-artifacts/artifacts/{root}/MLmodel")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
+        aside.rename(original)
+        shutil.rmtree(out, ignore_errors=True)
     assert f"http://127.0.0.1:{port}" in proc.stdout.read()
