@@ -6,6 +6,7 @@ with `publish_dir`; single files go through `write_text_atomic`. This module liv
 package every other one may import, so there is one implementation of the swap.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,7 +14,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fsync_tree", "publish_dir", "temp_sibling", "write_json_atomic", "write_text_atomic"]
+__all__ = ["fsync_tree", "publish_dir", "sha256_file", "temp_sibling", "write_json_atomic", "write_text_atomic"]
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file's bytes, read in chunks (weights can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def temp_sibling(dest: str | os.PathLike, tag: str = "") -> Path:

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from dpo.files import publish_dir, write_json_atomic
+from dpo.files import publish_dir, sha256_file, write_json_atomic
 from pipeline.lifeline import check_launcher_alive
 
 MANIFEST = "manifest.json"
@@ -108,14 +108,6 @@ def fingerprint(*parts: Any) -> str:
     """A stable short hash of JSON-serialisable inputs (configs, upstream fingerprints, seeds)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _hash_tree(root: Path) -> dict[str, str]:

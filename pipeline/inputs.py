@@ -7,13 +7,12 @@ the fingerprints of the steps that read them, so a changed file is never served 
 and `<run>/inputs.json`, so that a resume can name the file that changed (`changed_inputs`).
 """
 
-import hashlib
 import importlib.util
 import json
 import sysconfig
 from pathlib import Path
 
-from dpo.files import write_json_atomic
+from dpo.files import sha256_file, write_json_atomic
 from judging import PACKAGED_TEMPLATES
 from pipeline.config import DataConfig, JudgeConfig, RunConfig
 
@@ -25,14 +24,6 @@ DATA_FIELDS = ("ift", "eft", "seed_prompts", "eval_prompts")
 
 class InputChangedError(ValueError):
     """An input file changed after a stage of the run had trained on it."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _judge_files(judge: JudgeConfig) -> dict[str, Path]:

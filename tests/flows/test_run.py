@@ -10,9 +10,10 @@ from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
 from dpo import DPODataset
+from dpo.files import sha256_file
 from flows import self_rewarding_flow
 from flows.resume import TAG_ITERATIONS
-from flows.stepdir import FAIL_STEP_ENV, MANIFEST, InjectedFault, StepRecord, sha256_file
+from flows.stepdir import FAIL_STEP_ENV, MANIFEST, InjectedFault, StepRecord
 from pipeline.config import ConfigError
 from pipeline.promotion import TAG_CHAMPION, TAG_PROMOTION, decisions
 from pipeline.rundir import saved_config

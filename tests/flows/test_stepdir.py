@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from dpo.files import sha256_file
 from flows.stepdir import (
     MANIFEST,
     InjectedFault,
@@ -13,7 +14,6 @@ from flows.stepdir import (
     fingerprint,
     finished,
     run_step,
-    sha256_file,
     step_seed,
 )
 

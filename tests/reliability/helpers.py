@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from flows.stepdir import MANIFEST, PAUSE_MARKER_ENV, PAUSE_STEP_ENV, sha256_file
+from dpo.files import sha256_file
+from flows.stepdir import MANIFEST, PAUSE_MARKER_ENV, PAUSE_STEP_ENV
 from pipeline.config import RunConfig, load_config
 from tests.flows.conftest import tiny_config
 
