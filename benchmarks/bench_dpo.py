@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from common import (
+    CudaPeakMemory,
     PeakMemory,
     alternating,
     format_table,
@@ -39,10 +40,12 @@ from common import (
     median,
     now,
     parse_args,
+    peak_memory,
     print_header,
     quiet_stdio,
     setup_torch,
     spread,
+    synchronized_now,
     write_result,
 )
 from dpo_setup import (
@@ -89,7 +92,7 @@ class RunResult:
         return median(self.step_times_s[1:]) if len(self.step_times_s) > 1 else float("nan")
 
 
-def _result(name: str, repeat: int, start: float, end: float, stamps: list[float], mem: PeakMemory,
+def _result(name: str, repeat: int, start: float, end: float, stamps: list[float], mem: PeakMemory | CudaPeakMemory,
             tokens: int, losses: list[float]) -> RunResult:
     steps = [b - a for a, b in zip([start, *stamps[:-1]], stamps)]
     return RunResult(name, repeat, end - start, tokens, steps, stamps[0] - start if stamps else float("nan"),
@@ -97,11 +100,11 @@ def _result(name: str, repeat: int, start: float, end: float, stamps: list[float
 
 
 def run_ours(setup: Setup, pairs_dir: Path, tokens: int, precompute: bool, repeat: int = 0,
-             name: str | None = None) -> RunResult:
-    """One epoch of our DPOTrainer; `train()` timed."""
+             name: str | None = None, gpu: bool = False) -> RunResult:
+    """One epoch of our DPOTrainer; `train()` timed. `gpu`: bf16 autocast on CUDA (see bench_gpu.py)."""
     import dpo
 
-    policy = build_model(setup)
+    policy = build_model(setup, gpu)
     stamps: list[float] = []
     losses: list[float] = []
 
@@ -116,13 +119,14 @@ def run_ours(setup: Setup, pairs_dir: Path, tokens: int, precompute: bool, repea
                                 end_learning_rate=0.0, warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
                                 dropout=0.0, num_train_steps=setup.steps),
         precompute_ref_logps=precompute,
+        compute=dpo.ComputeSettings(autocast="bf16" if gpu else "none"),
         seed=setup.seed,
         log_fn=log_fn,
     )
-    with PeakMemory() as mem, quiet_stdio():
+    with peak_memory(gpu) as mem, quiet_stdio():
         start = now()
         summary = trainer.train()
-        end = now()
+        end = synchronized_now(gpu)
     assert summary["steps"] == setup.steps, summary
     name = name or ("ours-precompute" if precompute else "ours-no-precomp")
     return _result(name, repeat, start, end, stamps, mem, tokens, losses)
@@ -136,8 +140,10 @@ def _check_trl_tokens(dataset, pairs: list[Pair]) -> None:
             raise AssertionError(f"TRL tokenized a pair differently: {got} != {(p, c, r)}")
 
 
-def make_trl_trainer(setup: Setup, pairs: list[Pair], out_dir: str, stamps: list[float], logging_steps: int = 0):
-    """TRL's DPOTrainer, configured to do the same maths as ours (see the module docstring)."""
+def make_trl_trainer(setup: Setup, pairs: list[Pair], out_dir: str, stamps: list[float], logging_steps: int = 0,
+                     gpu: bool = False):
+    """TRL's DPOTrainer, configured to do the same maths as ours (see the module docstring); `gpu`: bf16
+    mixed precision on CUDA, as `run_ours(gpu=True)`."""
     from transformers import TrainerCallback
     from trl import DPOConfig
     from trl import DPOTrainer as TRLDPOTrainer
@@ -156,9 +162,9 @@ def make_trl_trainer(setup: Setup, pairs: list[Pair], out_dir: str, stamps: list
         warmup_steps=0,
         weight_decay=0.0,
         max_grad_norm=1.0,
-        bf16=False,  # TRL's default is bf16=True
+        bf16=gpu,  # TRL's default is bf16=True
         fp16=False,
-        use_cpu=True,
+        use_cpu=not gpu,
         gradient_checkpointing=False,  # TRL's default is True
         disable_dropout=True,
         beta=setup.beta,
@@ -172,24 +178,25 @@ def make_trl_trainer(setup: Setup, pairs: list[Pair], out_dir: str, stamps: list
         dataloader_num_workers=0,
         seed=setup.seed,
     )
-    policy = build_model(setup)
+    policy = build_model(setup, gpu)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     trainer = TRLDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=trl_dataset(pairs),
                             processing_class=word_tokenizer(setup.vocab), callbacks=[_StepStamps()])
-    assert trainer.accelerator.mixed_precision == "no" and not args.gradient_checkpointing
+    assert trainer.accelerator.mixed_precision == ("bf16" if gpu else "no") and not args.gradient_checkpointing
     _check_trl_tokens(trainer.train_dataset, pairs)
     return trainer
 
 
-def run_trl(setup: Setup, pairs: list[Pair], tokens: int, repeat: int = 0, logging_steps: int = 0) -> RunResult:
+def run_trl(setup: Setup, pairs: list[Pair], tokens: int, repeat: int = 0, logging_steps: int = 0,
+            gpu: bool = False) -> RunResult:
     """TRL's DPOTrainer for `setup.steps` steps; `train()` timed (tokenization in the constructor is not)."""
     stamps: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as out_dir, quiet_stdio():
-        trainer = make_trl_trainer(setup, pairs, out_dir, stamps, logging_steps)
-        with PeakMemory() as mem:
+        trainer = make_trl_trainer(setup, pairs, out_dir, stamps, logging_steps, gpu)
+        with peak_memory(gpu) as mem:
             start = now()
             output = trainer.train()
-            end = now()
+            end = synchronized_now(gpu)
     assert output.global_step == setup.steps, output
     losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
     return _result("trl", repeat, start, end, stamps, mem, tokens, losses)

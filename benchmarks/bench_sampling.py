@@ -113,7 +113,7 @@ def _hf_generate(model, rows: list[list[int]], params, num_return: int, pad_id: 
     for i, row in enumerate(rows):
         ids[i, width - len(row):] = torch.tensor(row)
         mask[i, width - len(row):] = 1
-    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=params.temperature > 0,
+    out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), do_sample=params.temperature > 0,
                          temperature=params.temperature or None, top_p=params.top_p, top_k=params.top_k,
                          max_new_tokens=params.max_new_tokens, num_return_sequences=num_return,
                          eos_token_id=None, pad_token_id=pad_id)

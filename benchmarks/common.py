@@ -116,6 +116,7 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "cuda": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "versions": {m: _version(m) for m in ("torch", "transformers", "accelerate", "trl", "prefect", "mlflow")},
         "git_commit": _git("rev-parse", "--short", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain")),
@@ -222,6 +223,49 @@ class PeakMemory:
         elif self._thread is not None:
             self._stop.set()
             self._thread.join()
+
+
+@dataclass
+class CudaPeakMemory:
+    """PeakMemory's counterpart on a GPU: the CUDA caching allocator's peak of allocated bytes while the
+    `with` body ran (reset at entry) and its rise over what was allocated at entry (MiB)."""
+
+    baseline_mib: float = 0.0
+    peak_mib: float = 0.0
+    method: str = "torch.cuda.max_memory_allocated"
+
+    @property
+    def delta_mib(self) -> float:
+        return self.peak_mib - self.baseline_mib
+
+    def __enter__(self) -> "CudaPeakMemory":
+        import torch
+
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        self.baseline_mib = torch.cuda.memory_allocated() / 2**20
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        torch.cuda.synchronize()
+        self.peak_mib = torch.cuda.max_memory_allocated() / 2**20
+
+
+def peak_memory(gpu: bool) -> PeakMemory | CudaPeakMemory:
+    return CudaPeakMemory() if gpu else PeakMemory()
+
+
+def synchronized_now(gpu: bool) -> float:
+    """`now()` once the GPU's queued work is done (kernels run asynchronously)."""
+    if gpu:
+        import torch
+
+        torch.cuda.synchronize()
+    return now()
 
 
 # ---------------------------------------------------------------- output

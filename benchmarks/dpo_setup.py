@@ -78,8 +78,9 @@ def shared_prompt_tokens(pairs: list[Pair]) -> int:
     return sum(len(p) + len(c) + len(r) for p, c, r in pairs)
 
 
-def build_model(setup: Setup):
-    """A fresh LlamaForCausalLM with the same weights every call (fp32, dropout 0, SDPA attention)."""
+def build_model(setup: Setup, gpu: bool = False):
+    """A fresh LlamaForCausalLM with the same weights every call (fp32, dropout 0, SDPA attention), built
+    on the GPU when `gpu` (initialising a few hundred million weights on the CPU takes seconds)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -98,7 +99,8 @@ def build_model(setup: Setup):
         eos_token_id=EOS_ID,
         attn_implementation="sdpa",
     )
-    with torch.random.fork_rng(devices=[]):
+    device = torch.device("cuda" if gpu else "cpu")
+    with torch.random.fork_rng(devices=[device] if gpu else []), device:
         torch.manual_seed(setup.seed)
         return LlamaForCausalLM(config).float()
 

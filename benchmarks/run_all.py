@@ -20,7 +20,8 @@ from common import RESULTS_DIR, ROOT, format_table, load_average, machine_info, 
 
 HERE = Path(__file__).resolve().parent
 # Order: the cheap, self-contained ones first; the whole-flow run last.
-BENCHMARKS = ["dpo", "sampling", "ceiling", "memory", "lora", "engines", "parallel", "iteration"]
+# bench_gpu.py skips itself without CUDA; its summary rows then show the stored GPU figures, labelled.
+BENCHMARKS = ["dpo", "sampling", "ceiling", "memory", "lora", "engines", "parallel", "iteration", "gpu"]
 
 
 def _summary_lines(name: str, data: dict) -> list[list[str]]:
@@ -62,6 +63,16 @@ def _summary_lines(name: str, data: dict) -> list[list[str]]:
         return [[name, "iteration 1 wall", f"{data['iteration_wall_s']:.1f} s, orchestration + tracking "
                  f"{data['iteration_overhead_share']:.1%}"]] + [
             [name, r["part"], f"{r['seconds']:.2f} s ({r['share']:.1%})"] for r in data["iteration_rows"]]
+    if name == "gpu":
+        where = f"{data['machine']['gpu']}, {data['timestamp'][:10]}"
+        rows = [[name, f"DPO {r['contender']} ({where})", f"{r['tokens_per_s_median']:.0f} tok/s "
+                 f"({r['ratio_vs_trl']:.2f}x TRL), peak CUDA +{r['rss_delta_mib_median']:.0f} MiB"]
+                for r in data.get("dpo", {}).get("summary", [])]
+        rows += [[name, f"LoRA {r['ratio']} ({where})", f"peak CUDA memory {r['peak_rise']:.2f}x, tokens/s "
+                  f"{r['tokens_per_s']:.2f}x"] for r in data.get("lora", {}).get("ratios", [])]
+        return rows + [[name, f"engine {r['contender']} vs HF generate ({where})",
+                        f"candidates {r['candidates_vs_hf']:.2f}x, judging {r['judging_vs_hf']:.2f}x"]
+                       for r in data.get("engines", {}).get("summary", [])[:1]]
     return []
 
 
