@@ -150,6 +150,7 @@ class TrainingLoop:
             raise ValueError("the training dataset is empty: nothing to train on")
         loader = self._loader(dataset, self.batch_size, self.seed + self.round)
         total_steps = self.plan_steps(len(loader))
+        self.steps_per_epoch = math.ceil(len(loader) / self.grad_accum_steps)
         self.optimizer.state.clear()  # each round starts from fresh AdamW moments
         self.scheduler = build_scheduler(
             self.optimizer.optimizer,
@@ -228,6 +229,15 @@ class TrainingLoop:
         metrics["learning_rate"] = learning_rate
         metrics["tokens_per_second"] = total_tokens / max(time.perf_counter() - start, 1e-9)
         return metrics
+
+    def epoch_mean(self, history: list[dict[str, float]], total_steps: int) -> dict[str, float]:
+        """`{"epoch_loss": mean loss of the epoch's steps}` when the round's latest step (the last of
+        `history`) ends an epoch or the round, else `{}`: one point per epoch beside the noisy curve."""
+        step = len(history)
+        if step % self.steps_per_epoch and step != total_steps:
+            return {}
+        epoch = history[(step - 1) // self.steps_per_epoch * self.steps_per_epoch:]
+        return {"epoch_loss": sum(h["loss"] for h in epoch) / len(epoch)}
 
     # ---------------------------------------------------------------- helpers
     def autocast(self) -> contextlib.AbstractContextManager:

@@ -223,7 +223,7 @@ class SFTTrainer:
         for _ in range(total_steps):
             metrics = self.loop.train_step(batches)
             history.append(metrics)
-            self.loop.log(metrics)
+            self.loop.log({**metrics, **self.loop.epoch_mean(history, total_steps)})
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
         bar.close()

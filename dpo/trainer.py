@@ -233,7 +233,7 @@ class DPOTrainer:
         for step in range(start + 1, total_steps + 1):
             metrics = self.train_step(batches)
             history.append(metrics)
-            self.loop.log(metrics)
+            self.loop.log({**metrics, **self.loop.epoch_mean(history, total_steps)})
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
             if eval_every is not None and (step % eval_every == 0 or step == total_steps):

@@ -62,9 +62,10 @@ def record_stage(tracker: Tracker, config: RunConfig, run_dir: Path, parent_run_
     """Log a finished stage to MLflow: step summaries on the child, per-stage summary on the parent
     (step = the stage index), plots, pairs, and the checkpoint as a registered model version."""
     stage = stage_name(index)
-    child = {key: value for name, record in step_records.items() for key, value in _flat(name, record.summary)}
+    # One point per step summary, all under `summary/` so MLflow shows the training curves above them.
+    child = {key: value for name, record in step_records.items() for key, value in _flat(f"summary/{name}", record.summary)}
     eval_metrics = {k: v for k, v in (evaluation.summary if evaluation else {}).items() if isinstance(v, int | float)}
-    tracker.log_metrics(run_id, {**child, **{f"eval/{k}": v for k, v in eval_metrics.items()}}, step=index)
+    tracker.log_metrics(run_id, {**child, **{f"summary/eval/{k}": v for k, v in eval_metrics.items()}}, step=index)
     summary = parent_summary(step_records, model, eval_metrics)
     tracker.log_metrics(parent_run_id, summary, step=index)
 

@@ -16,7 +16,7 @@ TABLE_COLUMNS = [
     "judge_accuracy", "judge_parse_failures", "dpo_reward_accuracy", "gt_score", "gt_success", "judge_pairwise_accuracy",
     "self_judge_score", "mean_response_length",
 ]
-CURVES = ["loss", "rewards/accuracies", "rewards/margins"]
+CURVES = ["sft/loss", "dpo/loss", "dpo/rewards/accuracies", "dpo/rewards/margins"]
 # Per-stage plots use fixed margins: tight_layout measures every label and took 40% of the
 # rendering time (70 of 175 ms for the learning curves), paid on every iteration.
 _FIXED_MARGINS = {"left": 0.12, "right": 0.97, "bottom": 0.17, "top": 0.88, "wspace": 0.35}

@@ -46,6 +46,15 @@ def save_model(model, tokenizer, out: Path) -> None:
     tokenizer.save_pretrained(out / MODEL_DIR)
 
 
+def named_curves(log_fn, trainer: str):
+    """`log_fn` with every training metric named `<trainer>/<metric>` (`sft/loss`, `dpo/rewards/margins`):
+    SFT's cross-entropy and DPO's loss are different quantities and never share a chart, and the curves
+    sort before the stage's `summary/*` sections in MLflow's run page."""
+    if log_fn is None:
+        return None
+    return lambda metrics, step: log_fn({f"{trainer}/{key}": value for key, value in metrics.items()}, step)
+
+
 def flush_metrics(log_fn) -> None:
     # A buffered log_fn (pipeline.tracking.MetricBuffer) must store the training curves before the
     # step is published: a resumed step does not train again, so it could not send them later.

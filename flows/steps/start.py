@@ -4,7 +4,14 @@ from pathlib import Path
 
 import dpo
 from flows.stepdir import MODEL_DIR, StepRecord, fingerprint, run_step
-from flows.steps.common import save_model, scalars, trainable_model, training_fingerprint, training_switches
+from flows.steps.common import (
+    named_curves,
+    save_model,
+    scalars,
+    trainable_model,
+    training_fingerprint,
+    training_switches,
+)
 from pipeline import data as run_data
 from pipeline.config import RunConfig
 from pipeline.inputs import data_digests
@@ -44,7 +51,7 @@ def sft_step(config: RunConfig, run_dir: Path, base: StepRecord, data: StepRecor
         model, tokenizer = trainable_model(config, base)
         examples, dropped = run_data.sft_examples(Path(data.path), tokenizer, config.sft.max_len)
         summary = dpo.train_sft(model, examples, optim=config.sft.to(dpo.OptimSettings), max_len=config.sft.max_len,
-                                seed=config.seed, log_fn=log_fn, **training_switches(config, tmp))
+                                seed=config.seed, log_fn=named_curves(log_fn, "sft"), **training_switches(config, tmp))
         save_model(model, tokenizer, tmp)
         return {**scalars(summary), "dropped_too_long": dropped}
 

@@ -17,6 +17,7 @@ from flows.stepdir import (
 )
 from flows.steps.common import (
     flush_metrics,
+    named_curves,
     save_model,
     scalars,
     trainable_model,
@@ -55,9 +56,11 @@ def dpo_step(config: RunConfig, iteration: int, run_dir: Path, model: StepRecord
                           *training_fingerprint(config))
     state_root = out / ".dpo-state"
 
+    curves = named_curves(log_fn, "dpo")
+
     def on_step(metrics: dict[str, float], step: int) -> None:
         if log_fn is not None:
-            log_fn(metrics, step)
+            curves(metrics, step)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 flush_metrics(log_fn)  # the resumable state saved after this step must not outrun MLflow
         pause_point(f"{out.name}/dpo@{step}", out)

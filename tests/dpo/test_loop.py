@@ -68,3 +68,18 @@ def test_accumulation_belongs_to_the_settings_not_the_accelerator():
         loop(Accelerator(cpu=True, gradient_accumulation_steps=2))
     with pytest.raises(ValueError, match="batch_size=0 is invalid"):
         OptimSettings(batch_size=0)
+
+
+def test_epoch_loss_is_logged_once_per_epoch_and_at_the_round_end(accelerator):
+    # 10 examples, batch 2, 2 per optimizer step: 3 steps per epoch (the last one short); 7 steps
+    # end mid-way through the third epoch.
+    training = loop(accelerator, batch_size=2, grad_accum_steps=2, num_train_steps=7, num_epochs=3)
+    _, total = training.begin_round([{"seq": torch.arange(5)} for _ in range(10)])
+    losses = [0.9, 0.7, 0.8, 0.4, 0.6, 0.2, 0.3]
+    history, logged = [], {}
+    for step, loss in enumerate(losses, start=1):
+        history.append({"loss": loss})
+        if point := training.epoch_mean(history, total):
+            logged[step] = point["epoch_loss"]
+    assert total == 7
+    assert logged == pytest.approx({3: (0.9 + 0.7 + 0.8) / 3, 6: (0.4 + 0.6 + 0.2) / 3, 7: 0.3})

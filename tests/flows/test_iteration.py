@@ -46,5 +46,5 @@ def test_iteration_loads_m_t_once_and_releases_it_before_training(tmp_path, monk
     assert events == [("read", "base"), ("release", True), ("train", "base"), ("read", "checkpoint"), ("release", True)]
     assert model_dir(new_model) == run_dir / "iter-1" / "checkpoint" / "model"
     run = MlflowClient(tracking_uri).get_run(tracker.stage_runs(config.run_name)["iter-1"])
-    assert run.info.status == "FINISHED" and run.data.metrics["pairs/pairs"] > 0
+    assert run.info.status == "FINISHED" and run.data.metrics["summary/pairs/pairs"] > 0
     assert run.data.tags["selfreward.outcome"] == "completed"

@@ -70,8 +70,8 @@ def test_an_iteration_samples_judges_and_evaluates_on_vllm(tmp_path, monkeypatch
     # M_t (base) answers and judges through one worker; the new model is evaluated through another.
     assert calls[:2] == ["base", "base"] and "iter-1" in calls
     run = MlflowClient(tracking_uri).get_run(tracker.stage_runs(config.run_name)["iter-1"])
-    assert run.data.tags["selfreward.outcome"] == "completed" and run.data.metrics["pairs/pairs"] > 0
-    assert "eval/gt_score" in run.data.metrics
+    assert run.data.tags["selfreward.outcome"] == "completed" and run.data.metrics["summary/pairs/pairs"] > 0
+    assert "summary/eval/gt_score" in run.data.metrics
     gc.collect()
     assert len(processes) == 2 and all(p.poll() == 0 for p in processes)  # released, and collected after eval
     assert not any(log.exists() for log in logs)  # a clean stop removes the worker's temporary log

@@ -25,6 +25,6 @@ def test_sft_and_dpo_under_accelerate_launch_with_two_processes(tmp_path):
     tracker = Tracker(default_tracking_uri(tmp_path), config.tracking.experiment)
     client = MlflowClient(default_tracking_uri(tmp_path))
     stages = tracker.stage_runs(config.run_name)
-    sft_steps = [m.step for m in client.get_metric_history(stages["sft"], "loss")]
+    sft_steps = [m.step for m in client.get_metric_history(stages["sft"], "sft/loss")]
     assert sft_steps == list(range(1, config.sft.num_train_steps + 1))  # logged once, by rank 0
     assert result["rows"][1]["num_pairs"] > 0 and result["rows"][1]["dpo_reward_accuracy"] is not None

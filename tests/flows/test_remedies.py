@@ -66,7 +66,7 @@ def test_every_remedy_runs_in_one_iteration(trained):
     health = summary(it / "judge_health")
     assert health["examples"] == 16 and health["judgments"] == 16 * 2  # K = 2 judgments each
     assert run.data.tags["selfreward.judge"] == "current judge: M2" and run.data.tags["selfreward.outcome"] == "completed"
-    assert "judge_health/pairwise_accuracy" in run.data.metrics
+    assert "summary/judge_health/pairwise_accuracy" in run.data.metrics
 
 
 def test_a_judge_failing_its_gate_is_a_named_outcome(trained):

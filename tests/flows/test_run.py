@@ -50,15 +50,21 @@ def test_end_to_end_stages_metrics_pairs_and_model_versions(tmp_path):
     for run_id in children.values():
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and run.data.tags[TAG_PARENT] == parent
-        assert "eval/gt_score" in run.data.metrics
+        assert "summary/eval/gt_score" in run.data.metrics
+        # Curves are named by their trainer, one-point summaries sit under summary/ (MLflow lists them last).
+        assert all(key.split("/")[0] in ("sft", "dpo", "summary") for key in run.data.metrics), run.data.metrics
     plots = {stage: {a.path for a in client.list_artifacts(run_id, "plots")} for stage, run_id in children.items()}
     assert "plots/learning_curves.png" in plots["sft"] and "plots/learning_curves.png" in plots["iter-1"]
     assert "plots/judge_scores.png" in plots["iter-1"]
-    assert len(client.get_metric_history(children["iter-1"], "rewards/accuracies")) == 3
-    assert len(client.get_metric_history(children["sft"], "loss")) == config.sft.num_train_steps
+    assert len(client.get_metric_history(children["iter-1"], "dpo/rewards/accuracies")) == 3
+    sft_loss = [m.value for m in client.get_metric_history(children["sft"], "sft/loss")]
+    assert len(sft_loss) == config.sft.num_train_steps and "dpo/loss" not in client.get_run(children["sft"]).data.metrics
+    # A one-epoch SFT round: one epoch mean, at the last step, equal to the mean of the step losses.
+    [epoch] = client.get_metric_history(children["sft"], "sft/epoch_loss")
+    assert epoch.step == config.sft.num_train_steps and epoch.value == pytest.approx(sum(sft_loss) / len(sft_loss))
 
     # Early stopping ran on held-out pairs, logged its curve and restored the best step's weights.
-    validation = client.get_metric_history(children["iter-1"], "eval/score")
+    validation = client.get_metric_history(children["iter-1"], "dpo/eval/score")
     manifest = StepRecord.model_validate_json((run_dir / "iter-1" / "checkpoint" / MANIFEST).read_text())
     assert manifest.summary["valid_pairs"] == 2 and len(validation) == manifest.summary["steps"] == 3
     assert manifest.summary["best_score"] == min(m.value for m in validation)

@@ -234,7 +234,7 @@ def test_rerun_after_outage_logs_nothing_twice(scenario):
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert len(steps) == len(set(steps)), (run.data.tags["selfreward.stage"], key, steps)
     iter1 = next(r for r in runs if r.data.tags["selfreward.stage"] == "iter-1")
-    dpo_steps = [m.step for m in client.get_metric_history(iter1.info.run_id, "loss")]
+    dpo_steps = [m.step for m in client.get_metric_history(iter1.info.run_id, "dpo/loss")]
     assert dpo_steps == list(range(1, config.iteration.dpo.num_train_steps + 1))  # none lost, none twice
     assert iter1.data.tags[TAG_OUTCOME] == "completed"
     versions = client.search_model_versions(f"name = '{config.run_name}-policy'")

@@ -70,7 +70,7 @@ def test_tied_candidates_skip_the_round(outcomes):
     run = outcomes["runs"]["iter-2"]
     assert run.info.status == "FINISHED"
     assert run.data.tags[TAG_OUTCOME] == "skipped: no preference pairs (skipped: {'tie': 6}); M3 = M2"
-    assert run.data.metrics["pairs/pairs"] == 0
+    assert run.data.metrics["summary/pairs/pairs"] == 0
 
 
 @pytest.mark.reliability(area="training and judging outcomes", fault="non-finite DPO loss (learning rate 1e30)",
