@@ -1,6 +1,6 @@
 """Direct links into the MLflow UI for one run, so a person lands on the answer, not on a list:
 the parent's model metrics (each summary metric against the stage), the compare view of the stage
-runs, the verdict artifact and the champion's model version. Routes are those of MLflow 3's UI."""
+runs, the verdict artifact, the newest stage run's curves and the champion's model version. Routes are those of MLflow 3's UI."""
 
 import json
 from collections.abc import Mapping
@@ -20,6 +20,8 @@ def ui_links(base: str, experiment_id: str, parent_run_id: str, stage_run_ids: M
                f"&experiments={quote(json.dumps([experiment_id]))}")
     links = {"model metrics": f"{run}/model-metrics", "compare stages": compare,
              "verdict": f"{run}/artifactPath/summary/verdict.md"}
+    if ordered:  # the newest stage's training curves
+        links["latest stage"] = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{ordered[-1]}/model-metrics"
     if model_name and champion_version:
         links["champion model"] = f"{base.rstrip('/')}/#/models/{quote(model_name)}/versions/{champion_version}"
     return links

@@ -7,18 +7,22 @@ verdict artifact, the champion's model version).
 Needs Debian's `chromium` (`apt-get install chromium`). Starts its own MLflow UI on a free loopback
 port and stops it afterwards; writes `<dest>/<what>.png`, one per link.
 
-Known limit: the verdict, compare and model-version pages render fully; the model-metrics page's
-charts were still loading (spinners) in every try with MLflow 3.17 (its auto-refresh timers use up
-Chromium's virtual time budget). A browser driven over CDP that waits for the charts would fix it.
+Chromium is driven over its DevTools protocol and given `--settle` seconds of real time per page:
+MLflow's run page keeps auto-refresh timers running, so `--virtual-time-budget` never let its charts
+finish loading.
 """
 
 import argparse
+import base64
+import itertools
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -47,11 +51,48 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 120) -> No
     raise TimeoutError(f"the MLflow UI did not answer {url} within {timeout:.0f} s")
 
 
-def screenshot(chromium: str, url: str, path: Path, size: str) -> None:
-    # The UI is a single-page app: the virtual time budget lets its requests and rendering finish.
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--window-size={size}", "--virtual-time-budget=20000", f"--screenshot={path}", url],
-                   check=True, capture_output=True, timeout=120)
+def screenshot(chromium: str, url: str, path: Path, size: str, settle_s: float) -> None:
+    """Open `url` in a fresh headless Chromium, wait `settle_s` seconds, save the viewport as a PNG."""
+    from websockets.sync.client import connect
+
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="screenshots-") as profile:
+        browser = subprocess.Popen(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={size}",
+             f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            with connect(_page_socket(port), max_size=None) as page:
+                ids = itertools.count(1)
+
+                def call(method: str, **params) -> dict:
+                    request = next(ids)
+                    page.send(json.dumps({"id": request, "method": method, "params": params}))
+                    while (reply := json.loads(page.recv(timeout=60))).get("id") != request:
+                        pass  # events
+                    return reply["result"]
+
+                call("Page.navigate", url=url)
+                time.sleep(settle_s)  # real time: the page's requests, charts and refresh timers
+                path.write_bytes(base64.b64decode(call("Page.captureScreenshot", format="png")["data"]))
+        finally:
+            os.killpg(browser.pid, signal.SIGTERM)
+            browser.wait(timeout=30)
+
+
+def _page_socket(port: int, timeout: float = 30) -> str:
+    """The DevTools websocket of the browser's first page, once it answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as response:
+                pages = [t for t in json.load(response) if t.get("type") == "page"]
+            if pages:
+                return pages[0]["webSocketDebuggerUrl"]
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"Chromium's DevTools did not answer on port {port} within {timeout:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default="selfreward")
     parser.add_argument("--dest", default="docs/images", help="folder for the PNGs")
     parser.add_argument("--size", default="1600,1000", help="browser window WIDTH,HEIGHT")
+    parser.add_argument("--settle", type=float, default=15.0, help="seconds each page gets to load (default 15)")
     args = parser.parse_args(argv)
     apply_env_defaults()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -86,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_healthy(f"{base}/health", server)
             for what, url in links.items():
                 path = dest / f"{what.replace(' ', '-')}.png"
-                screenshot(chromium, url, path, args.size)
+                screenshot(chromium, url, path, args.size, args.settle)
                 print(f"{path}  <- {url}")
         finally:
             os.killpg(server.pid, signal.SIGTERM)

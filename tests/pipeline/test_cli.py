@@ -135,7 +135,7 @@ def test_ui_serves_a_moved_store_on_loopback(finished_run):
             pytest.fail("MLflow UI did not come up")
         experiment = _get(port, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=selfreward")["experiment"]
         links = _printed_links(proc)
-        assert set(links) == {"model metrics", "compare stages", "verdict", "champion model"}
+        assert set(links) == {"model metrics", "compare stages", "verdict", "latest stage", "champion model"}
         parent = links["verdict"].split("/runs/")[1].split("/")[0]
         assert "# cli: verdict" in _get(port, f"/get-artifact?path=summary/verdict.md&run_uuid={parent}").decode()
         assert links["model metrics"].endswith(f"/runs/{parent}/model-metrics")

@@ -51,6 +51,13 @@ def test_a_version_is_a_transformers_model_registered_once_and_loadable_by_alias
     ids = generation.encode_chat_prompt(tiny.tokenizer, prompt)
     greedy = generation.generate(tiny.model, tiny.tokenizer, [ids], generation.SamplingParams(max_new_tokens=6, temperature=0.0))
     assert answer == greedy[0][0].text  # the chat format applied, a completion only
+    # The scoring app `mlflow models serve` runs, in process: it answers the same over REST.
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    with TestClient(scoring_server.init(served)) as client:
+        response = client.post("/invocations", json={"inputs": [prompt]})
+    assert response.status_code == 200 and response.json() == {"predictions": [answer]}
     pipe = mlflow.transformers.load_model("models:/demo-policy@sft")
     assert pipe.task == "text-generation"
     mlflow.set_tracking_uri(None)

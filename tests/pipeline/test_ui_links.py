@@ -14,4 +14,5 @@ def test_links_point_at_the_parent_the_stages_in_order_and_the_champion():
     query = parse_qs(urlsplit(links["compare stages"].replace("/#/", "/")).query)
     assert json.loads(unquote(query["runs"][0])) == ["a", "b", "c"] and json.loads(query["experiments"][0]) == ["3"]
     assert links["champion model"] == "http://127.0.0.1:5000/#/models/demo-policy/versions/2"
+    assert links["latest stage"] == "http://127.0.0.1:5000/#/experiments/3/runs/c/model-metrics"  # iter-10, not iter-2
     assert "champion model" not in ui_links("http://h", "3", "p", {"sft": "a"}, "demo-policy", None)
