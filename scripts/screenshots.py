@@ -51,6 +51,11 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 120) -> No
     raise TimeoutError(f"the MLflow UI did not answer {url} within {timeout:.0f} s")
 
 
+# MLflow 3.17 opens its assistant panel beside every page on first load; a screenshot shows the page.
+_QUIET_UI = ("localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
+             "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false')")
+
+
 def screenshot(chromium: str, url: str, path: Path, size: str, settle_s: float) -> None:
     """Open `url` in a fresh headless Chromium, wait `settle_s` seconds, save the viewport as a PNG."""
     from websockets.sync.client import connect
@@ -73,6 +78,8 @@ def screenshot(chromium: str, url: str, path: Path, size: str, settle_s: float) 
                     return reply["result"]
 
                 call("Page.navigate", url=url)
+                call("Runtime.evaluate", expression=_QUIET_UI)
+                call("Page.reload")
                 time.sleep(settle_s)  # real time: the page's requests, charts and refresh timers
                 path.write_bytes(base64.b64decode(call("Page.captureScreenshot", format="png")["data"]))
         finally:
