@@ -198,7 +198,9 @@ def engines(quick: bool, tmp: Path) -> dict[str, Any]:
         start = now()
         judge_responses(model, no_eos, prompts, candidates, template=template, num_judgments=k, params=judge,
                         stats=jstats)
-        return cand_s, synchronized_now(True) - start
+        judge_s = synchronized_now(True) - start
+        assert (stats.new_tokens, jstats.new_tokens) == new_tokens  # equal work: the full budget, as HF's
+        return cand_s, judge_s
 
     def hf() -> tuple[float, float]:
         pad = tokenizer.pad_token_id
@@ -217,11 +219,11 @@ def engines(quick: bool, tmp: Path) -> dict[str, Any]:
             return cand_s, synchronized_now(True) - start
 
     out = generate(model, no_eos, prompt_ids, cand, num_samples=n)
-    candidates = [[c.text for c in row][:n] for row in out]  # shared by both contenders, untimed
+    candidates = [[c.text for c in row] for row in out]  # shared by both contenders, untimed
+    new_tokens = (num_prompts * n * cand.max_new_tokens, num_prompts * n * k * judge.max_new_tokens)
     contenders = {"ours": ours, "hf-batched": hf}
     for fn in contenders.values():
         fn()  # warm-up: kernels, allocator
-    new_tokens = (num_prompts * n * cand.max_new_tokens, num_prompts * n * k * judge.max_new_tokens)
     runs = []
     for repeat, name in alternating(list(contenders), 1 if quick else 3):
         cand_s, judge_s = contenders[name]()

@@ -52,7 +52,8 @@ def test_sft_training_lowers_loss(accelerator, tmp_path):
     before = trainer.evaluate()
     summary = trainer.train()
     steps = [m for m in logs if "eval/loss" not in m]
-    assert len(steps) == 12 and set(steps[0]) == {"loss", "grad_norm", "learning_rate", "tokens_per_second"}
+    assert len(steps) == 12 and set(steps[0]) == {"loss", "grad_norm", "learning_rate", "tokens_per_second", "epoch_loss"}
+    assert all(m["epoch_loss"] == m["loss"] for m in steps)  # one batch per epoch: each step is an epoch
     assert summary["valid_loss"] < before - 1.0 and steps[-1]["loss"] < steps[0]["loss"]
     assert steps[0]["loss"] == pytest.approx(before, rel=1e-4)  # same masking in train and eval
     assert logs[-1] == {"eval/loss": summary["valid_loss"]}
