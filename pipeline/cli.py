@@ -60,15 +60,16 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)  # fails fast, before the heavy imports (torch, mlflow)
     from pipeline.preflight import check_inputs
-    from pipeline.rundir import check_output_dir, check_run_name
+    from pipeline.rundir import check_output_dir, check_run_name, check_saved_config
     from pipeline.runlock import run_lock
 
-    config = load_config(args.config, args.overrides)  # fails fast, before the heavy imports
     check_inputs(config)  # data files, judge templates, reward functions, model directory
     output = Path(args.output).resolve()
     check_output_dir(output)
     check_run_name(output, config.run_name)
+    check_saved_config(output / config.run_name, config)  # a changed config on resume: refused before Prefect starts
     with run_lock(output / config.run_name):  # before Prefect starts: a second run is refused at once
         return _run(config, output, args.more_iterations)
 
