@@ -52,6 +52,9 @@ NAME = "gpu"
 DPO_SETUP = Setup(hidden=1024, layers=24, heads=16, intermediate=2816, vocab=32000, batch_size=8,
                   steps_per_epoch=8, epochs=2, max_len=640, prompt_len=(64, 128), response_len=(64, 256),
                   learning_rate=1e-5, repeats=3)
+# --large: a 1.3B-param Llama and 4x longer rows, where a step is closer to compute-bound.
+LARGE_SETUP = replace(DPO_SETUP, hidden=2048, intermediate=5632, max_len=1280, prompt_len=(128, 256),
+                      response_len=(256, 512))
 QUICK_SETUP = replace(DPO_SETUP, hidden=256, layers=2, heads=4, intermediate=688, vocab=4096, steps_per_epoch=2,
                       repeats=1)
 ENGINE = {"hidden_size": 1024, "num_layers": 24, "num_heads": 16, "intermediate_size": 2816}
@@ -252,8 +255,11 @@ def engines(quick: bool, tmp: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], lambda p: p.add_argument(
-        "--parts", default="dpo,lora,engines", help="comma-separated subset of dpo,lora,engines"))
+    def extra(parser) -> None:
+        parser.add_argument("--parts", default="dpo,lora,engines", help="comma-separated subset of dpo,lora,engines")
+        parser.add_argument("--large", action="store_true", help="DPO and LoRA on LARGE_SETUP (writes gpu-large.json)")
+
+    args = parse_args(__doc__.splitlines()[0], extra)
     import torch
 
     if not torch.cuda.is_available():
@@ -262,7 +268,7 @@ def main() -> None:
     started = now()
     setup_torch(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 matmuls stay fp32: the same maths as on the CPU
-    setup = QUICK_SETUP if args.quick else DPO_SETUP
+    setup = QUICK_SETUP if args.quick else LARGE_SETUP if args.large else DPO_SETUP
     counts = param_counts(build_model(setup, gpu=True))
     print_header(f"GPU figures on {torch.cuda.get_device_name()}", [
         f"DPO model: Llama hidden {setup.hidden}, {setup.layers} layers, vocab {setup.vocab}, "
@@ -284,7 +290,7 @@ def main() -> None:
 
                     traceback.print_exc()
                     payload[part] = {"error": f"{type(err).__name__}: {err}"}
-    write_result(NAME, args, payload, started)
+    write_result(f"{NAME}-large" if args.large else NAME, args, payload, started)
 
 
 if __name__ == "__main__":
