@@ -286,6 +286,12 @@ def _validate_prompts(model: Any, prompts: Sequence[Sequence[int]]) -> int | Non
     return context
 
 
+def check_num_samples(num_samples: int) -> None:
+    """Raise `PromptError` unless at least one completion per prompt is asked for (every engine)."""
+    if num_samples < 1:
+        raise PromptError(f"num_samples={num_samples} is invalid; expected an integer >= 1")
+
+
 def check_prompts(prompts: Sequence[Sequence[int]], vocab: int, context: int | None) -> None:
     """Raise `PromptError` for an empty prompt, an id outside [0, vocab) or a prompt that leaves no
     room for a new token in `context` (None: no limit)."""
@@ -368,8 +374,7 @@ def generate(
     if isinstance(model, GenerationEngine):
         return model.generate_completions(tokenizer, prompts, params, num_samples, stats,
                                           shared_prefix_len=shared_prefix_len)
-    if num_samples < 1:
-        raise PromptError(f"num_samples={num_samples} is invalid; expected an integer >= 1")
+    check_num_samples(num_samples)
     started = time.perf_counter()
     if not prompts:
         if stats is not None:

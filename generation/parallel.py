@@ -27,8 +27,8 @@ import torch.distributed as dist
 
 from generation.decoding import (
     Completion,
-    PromptError,
     _validate_prompts,
+    check_num_samples,
     generate,
     plan_buckets,
     resolve_prefix_len,
@@ -124,8 +124,7 @@ class DataParallelModel:
             PromptError: as `generate` does, on every process alike and before any exchange.
         """
         started = time.perf_counter()
-        if num_samples < 1:
-            raise PromptError(f"num_samples={num_samples} is invalid; expected an integer >= 1")
+        check_num_samples(num_samples)
         outputs: list[list[Completion]] = [[] for _ in prompts]
         if prompts:
             _validate_prompts(self.model, prompts)

@@ -29,7 +29,13 @@ from typing import Any
 
 from transformers import AutoConfig, GenerationConfig
 
-from generation.decoding import Completion, PromptError, check_prompts, resolve_prefix_len, stop_token_ids
+from generation.decoding import (
+    Completion,
+    check_num_samples,
+    check_prompts,
+    resolve_prefix_len,
+    stop_token_ids,
+)
 from generation.next_token import SamplingParams
 from generation.stats import GenerationStats
 
@@ -212,8 +218,7 @@ class VllmEngine:
             EngineUnavailableError: the venv is missing, or vLLM cannot import or load the model.
             VllmEngineError: the worker died, timed out or failed the request.
         """
-        if num_samples < 1:
-            raise PromptError(f"num_samples={num_samples} is invalid; expected an integer >= 1")
+        check_num_samples(num_samples)
         if not prompts:
             if stats is not None:
                 stats.record(prompts=0, sequences=0, new_tokens=0, seconds=0.0)
