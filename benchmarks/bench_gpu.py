@@ -30,8 +30,16 @@ from typing import Any
 
 import bench_dpo
 from bench_lora import CONTENDERS as LORA_CONTENDERS
-from bench_lora import LORA, _state_bytes
-from bench_sampling import _hf_generate, _NoEosTokenizer, sampling_params
+from bench_lora import LORA, _state_bytes, make_trainer
+from bench_sampling import (
+    Workload,
+    _hf_split,
+    _NoEosTokenizer,
+    _time,
+    ours_candidates,
+    ours_judge,
+    sampling_params,
+)
 from common import (
     ROOT,
     CudaPeakMemory,
@@ -101,30 +109,22 @@ def dpo_vs_trl(setup: Setup, tmp: Path) -> dict[str, Any]:
 
 
 def lora_run(setup: Setup, pairs_dir: Path, tokens: int, contender: str) -> dict[str, Any]:
-    """One DPO round of `contender` ("full", "lora", "+gc"); memory measured from before the DPO objective."""
+    """One DPO round of `contender` (`bench_lora.make_trainer`, bf16 autocast); memory measured from before
+    the DPO objective is built."""
     import torch
-
-    import dpo
 
     policy = build_model(setup, gpu=True)
     losses: list[float] = []
-    kind, _, extra = contender.partition("+")
     with CudaPeakMemory() as mem, quiet_stdio():
-        network = dpo.add_lora(policy, dpo.LoraSettings(**LORA), seed=setup.seed) if kind == "lora" else policy
-        trainer = dpo.DPOTrainer(
-            dpo.DPO(network, beta=setup.beta), train_dataset=dpo.DPODataset(pairs_dir, vocab_size=setup.vocab),
-            optim=dpo.OptimSettings(batch_size=setup.batch_size, start_learning_rate=setup.learning_rate,
-                                    end_learning_rate=0.0, dropout=0.0, num_train_steps=setup.steps),
-            compute=dpo.ComputeSettings(gradient_checkpointing=extra == "gc", autocast="bf16"), seed=setup.seed,
-            log_fn=lambda metrics, step: losses.append(float(metrics["loss"])),
-        )
+        trainer = make_trainer(policy, setup, pairs_dir, contender,
+                               lambda metrics, step: losses.append(float(metrics["loss"])), autocast="bf16")
         start = now()
         trainer.train()
         train_s = synchronized_now(True) - start
     result = {"contender": contender, "tokens_per_s": tokens / train_s, "train_s": train_s,
               "peak_rise_mib": mem.delta_mib, "first_loss": losses[0], "final_loss": losses[-1],
               **_state_bytes(trainer)}
-    del trainer, network, policy
+    del trainer, policy
     torch.cuda.empty_cache()
     return result
 
@@ -164,10 +164,8 @@ def lora_vs_full(setup: Setup, tmp: Path) -> dict[str, Any]:
 
 
 def engines(quick: bool, tmp: Path) -> dict[str, Any]:
-    import torch
-
-    from generation import GenerationStats, encode_chat_prompt, generate
-    from judging import JudgingStats, judge_responses, load_template
+    from generation import encode_chat_prompt
+    from judging import load_template
     from pipeline import demo_task
     from pipeline.config import load_config
     from pipeline.models import load_model_and_tokenizer
@@ -191,39 +189,24 @@ def engines(quick: bool, tmp: Path) -> dict[str, Any]:
     prompts = [json.loads(line)["prompt"] for line in paths["seed_prompts"].read_text().splitlines() if line]
     prompts = prompts[:num_prompts]
     prompt_ids = [encode_chat_prompt(tokenizer, p) for p in prompts]
+    _, candidates = ours_candidates(model, no_eos, prompt_ids, cand, n)  # shared by both contenders, untimed
+    judge_ids = [(lambda p=p, c=c: encode_chat_prompt(tokenizer, template.render(p, c)))
+                 for p, row in zip(prompts, candidates) for c in row]
+    new_tokens = (num_prompts * n * cand.max_new_tokens, num_prompts * n * k * judge.max_new_tokens)
 
     def ours() -> tuple[float, float]:
-        stats = GenerationStats()
-        start = now()
-        generate(model, no_eos, prompt_ids, cand, num_samples=n, stats=stats)
-        cand_s = synchronized_now(True) - start
-        jstats = JudgingStats()
-        start = now()
-        judge_responses(model, no_eos, prompts, candidates, template=template, num_judgments=k, params=judge,
-                        stats=jstats)
-        judge_s = synchronized_now(True) - start
-        assert (stats.new_tokens, jstats.new_tokens) == new_tokens  # equal work: the full budget, as HF's
+        (cand_s, cand_tokens), (judge_s, judge_tokens) = (
+            _time(lambda: ours_candidates(model, no_eos, prompt_ids, cand, n)[0], gpu=True),
+            _time(lambda: ours_judge(model, no_eos, prompts, candidates, template, judge, k), gpu=True))
+        assert (cand_tokens, judge_tokens) == new_tokens  # equal work: the full budget, as HF's
         return cand_s, judge_s
 
     def hf() -> tuple[float, float]:
-        pad = tokenizer.pad_token_id
-        with torch.inference_mode():
-            start = now()
-            per = max(1, batch // n)
-            for i in range(0, len(prompt_ids), per):
-                _hf_generate(model, prompt_ids[i:i + per], cand, n, pad)
-            cand_s = synchronized_now(True) - start
-            start = now()
-            rows = [encode_chat_prompt(tokenizer, template.render(p, c)) for p, row in zip(prompts, candidates)
-                    for c in row]
-            per = max(1, batch // k)
-            for i in range(0, len(rows), per):
-                _hf_generate(model, rows[i:i + per], judge, k, pad)
-            return cand_s, synchronized_now(True) - start
+        (cand_s, cand_tokens), (judge_s, judge_tokens) = _hf_split(
+            model, tokenizer, prompt_ids, judge_ids, cand, judge, Workload(num_prompts, n, k), max(1, batch // n))
+        assert (cand_tokens, judge_tokens) == new_tokens
+        return cand_s, judge_s
 
-    out = generate(model, no_eos, prompt_ids, cand, num_samples=n)
-    candidates = [[c.text for c in row] for row in out]  # shared by both contenders, untimed
-    new_tokens = (num_prompts * n * cand.max_new_tokens, num_prompts * n * k * judge.max_new_tokens)
     contenders = {"ours": ours, "hf-batched": hf}
     for fn in contenders.values():
         fn()  # warm-up: kernels, allocator

@@ -88,9 +88,24 @@ def _state_bytes(trainer) -> dict[str, int]:
             "state_bytes": params + grads + optim, "trainable_params": sum(p.numel() for p in trainable)}
 
 
+def make_trainer(policy, setup: Setup, pairs_dir: str | Path, contender: str, log_fn, autocast: str = "none"):
+    """The DPO trainer of `contender` ("full" or "lora", "+gc" for gradient checkpointing) on `policy`:
+    what the measured region builds (the LoRA wrap, or the full contender's reference copy, and AdamW)."""
+    import dpo
+
+    kind, _, extra = contender.partition("+")
+    network = dpo.add_lora(policy, dpo.LoraSettings(**LORA), seed=setup.seed) if kind == "lora" else policy
+    return dpo.DPOTrainer(
+        dpo.DPO(network, beta=setup.beta), train_dataset=dpo.DPODataset(pairs_dir, vocab_size=setup.vocab),
+        optim=dpo.OptimSettings(batch_size=setup.batch_size, start_learning_rate=setup.learning_rate,
+                                end_learning_rate=0.0, dropout=0.0, num_train_steps=setup.steps),
+        compute=dpo.ComputeSettings(gradient_checkpointing=extra == "gc", autocast=autocast), seed=setup.seed,
+        log_fn=log_fn,
+    )
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """One training run of `spec["contender"]` (in a child process)."""
-    import dpo
 
     if spec["allocator"] == "mmap":
         import ctypes
@@ -106,15 +121,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         stamps.append(now())
         losses.append(float(metrics["loss"]))
 
-    kind, _, extra = spec["contender"].partition("+")
     with PeakMemory() as mem, quiet_stdio():
-        network = dpo.add_lora(policy, dpo.LoraSettings(**LORA), seed=setup.seed) if kind == "lora" else policy
-        trainer = dpo.DPOTrainer(
-            dpo.DPO(network, beta=setup.beta), train_dataset=dpo.DPODataset(spec["pairs_dir"], vocab_size=setup.vocab),
-            optim=dpo.OptimSettings(batch_size=setup.batch_size, start_learning_rate=setup.learning_rate,
-                                    end_learning_rate=0.0, dropout=0.0, num_train_steps=setup.steps),
-            compute=dpo.ComputeSettings(gradient_checkpointing=extra == "gc"), seed=setup.seed, log_fn=log_fn,
-        )
+        trainer = make_trainer(policy, setup, spec["pairs_dir"], spec["contender"], log_fn)
         start = now()
         summary = trainer.train()
         end = now()

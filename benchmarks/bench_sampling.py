@@ -43,6 +43,7 @@ from common import (
     quiet_stdio,
     setup_torch,
     spread,
+    synchronized_now,
     write_result,
 )
 
@@ -153,10 +154,10 @@ class Run:
     judge_tokens: int
 
 
-def _time(fn: Callable[[], Any]) -> tuple[float, Any]:
+def _time(fn: Callable[[], Any], gpu: bool = False) -> tuple[float, Any]:
     start = now()
     value = fn()
-    return now() - start, value
+    return synchronized_now(gpu) - start, value
 
 
 def main() -> None:
@@ -234,12 +235,12 @@ def _hf_split(model, tokenizer, prompt_ids, judge_ids, cand_params, judge_params
     """Times the HF candidate and judging phases separately."""
     import torch
 
-    pad = tokenizer.pad_token_id
+    pad, gpu = tokenizer.pad_token_id, model.device.type == "cuda"
     torch.manual_seed(0)
     with torch.inference_mode():
         cand_s, cand = _time(lambda: sum(
             _hf_generate(model, prompt_ids[i:i + rows_per_call], cand_params, wl.num_candidates, pad)
-            for i in range(0, len(prompt_ids), rows_per_call)))
+            for i in range(0, len(prompt_ids), rows_per_call)), gpu)
         per_call = 1 if rows_per_call == 1 else max(1, judge_params.batch_size // wl.num_judgments)
 
         def judge() -> int:
@@ -247,7 +248,7 @@ def _hf_split(model, tokenizer, prompt_ids, judge_ids, cand_params, judge_params
             return sum(_hf_generate(model, rows[i:i + per_call], judge_params, wl.num_judgments, pad)
                        for i in range(0, len(rows), per_call))
 
-        judge_s, judged = _time(judge)
+        judge_s, judged = _time(judge, gpu)
     return (cand_s, cand), (judge_s, judged)
 
 
