@@ -34,12 +34,15 @@ def _policy(model: nn.Module) -> nn.Module:
     return model.policy if isinstance(model, DPO) else model
 
 
-def save_checkpoint(model: nn.Module, directory: str | os.PathLike) -> Path:
+def save_checkpoint(model: nn.Module, directory: str | os.PathLike,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Save the policy weights to `directory` (replaced atomically if it exists).
 
     Args:
         model: A `DPO` (its policy is saved), a HF causal LM or any module.
         directory: Target directory.
+        state_dict: The weights to write instead of the module's own, keyed like its `state_dict()`:
+            the full weights gathered from ranks that each hold a shard (FSDP, DeepSpeed ZeRO-3).
 
     Returns:
         The directory path.
@@ -51,7 +54,9 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike) -> Path:
     tmp.mkdir()
     try:
         if is_hf_model(policy):
-            policy.save_pretrained(tmp)
+            policy.save_pretrained(tmp, state_dict=state_dict)
+        elif state_dict is not None:
+            safetensors.torch.save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp / WEIGHTS_FILE))
         else:
             safetensors.torch.save_model(policy, str(tmp / WEIGHTS_FILE))
         publish_dir(tmp, directory)

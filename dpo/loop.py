@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast, send_to_device
+from accelerate.utils import DistributedType, broadcast, send_to_device
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
@@ -30,7 +30,7 @@ from .checkpoint import save_checkpoint
 from .optim import build_adamw, build_scheduler
 from .settings import ComputeSettings, OptimSettings
 
-__all__ = ["LogFn", "TrainingLoop", "iter_shard_batches", "summarize"]
+__all__ = ["LogFn", "TrainingLoop", "iter_shard_batches", "submodule_state", "summarize"]
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -66,6 +66,15 @@ def iter_shard_batches(
         chunk = positions[start : start + batch_size]
         batch = default_collate([dataset[i] for i in chunk])
         yield torch.tensor(chunk), send_to_device(batch, accelerator.device)
+
+
+def submodule_state(state: dict[str, torch.Tensor], root: nn.Module, module: nn.Module) -> dict[str, torch.Tensor]:
+    """The entries of `state` (a state dict of `root`) that belong to `module`, a submodule of `root`,
+    keyed as in `module.state_dict()`: the policy's weights out of the DPO objective's."""
+    if module is root:
+        return state
+    prefix = next(name for name, sub in root.named_modules() if sub is module) + "."
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def summarize(history: list[dict[str, float]]) -> dict[str, float]:
@@ -252,11 +261,25 @@ class TrainingLoop:
         if self.log_fn is not None and self.accelerator.is_main_process:
             self.log_fn(dict(metrics), self.global_step)
 
+    @property
+    def shards_weights(self) -> bool:
+        """Whether each process holds only a shard of the weights (FSDP, DeepSpeed ZeRO-3)."""
+        kind = self.accelerator.distributed_type
+        if kind == DistributedType.DEEPSPEED:
+            return self.accelerator.deepspeed_config["zero_optimization"].get("stage") == 3
+        return kind == DistributedType.FSDP
+
     def save_on_main(self, model: nn.Module, directory: str | os.PathLike) -> None:
-        """Save `model` with `save_checkpoint` from the main process only, all processes waiting."""
+        """Save `model` (the objective's policy) with `save_checkpoint` from the main process, all processes
+        waiting. Call it on every process: with sharded weights they first gather the full weights
+        together (`accelerator.get_state_dict`, which only the main process receives)."""
+        state = None
+        if self.shards_weights:
+            state = submodule_state(self.accelerator.get_state_dict(self.model),
+                                    self.accelerator.unwrap_model(self.model), model)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            save_checkpoint(model, directory)
+            save_checkpoint(model, directory, state_dict=state)
         self.accelerator.wait_for_everyone()
 
     def progress(self, total: int, desc: str) -> tqdm:

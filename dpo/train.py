@@ -4,7 +4,8 @@ SFT from (prompt, response) token pairs. Both train the model they are given in 
 With `lora` settings, fresh adapters are added to the model and trained instead of its weights
 (`dpo.lora` explains why each round starts new adapters on the merged previous model); at the
 end they are saved to `adapter_dir` and merged in, so the caller's model object is the trained
-model either way and is saved the same way.
+model either way. With `model_dir`, the trained model is saved there by the main process; under
+FSDP or DeepSpeed ZeRO-3 every process first helps gather the sharded weights.
 """
 
 import contextlib
@@ -70,6 +71,16 @@ def _save_adapter_on_main(loop: TrainingLoop, network: nn.Module, adapter_dir: s
     loop.accelerator.wait_for_everyone()
 
 
+def _check_lora_unsharded(loop: TrainingLoop, network: nn.Module) -> None:
+    # Merging adapters into sharded base weights, and saving that merged model, is not implemented.
+    if is_adapter_model(network) and loop.shards_weights:
+        raise ValueError(
+            f"model.lora with sharded weights ({loop.accelerator.distributed_type.value} in "
+            f"runtime.accelerate_config) is not supported: use LoRA with plain data parallelism (DDP, "
+            f"DeepSpeed ZeRO-1/2) or train every weight under FSDP / ZeRO-3"
+        )
+
+
 def _trainable_params(network: nn.Module) -> int:
     return sum(p.numel() for p in network.parameters() if p.requires_grad)
 
@@ -93,6 +104,7 @@ def train_dpo(
     lora: LoraSettings | None = None,
     compute: ComputeSettings = ComputeSettings(),
     adapter_dir: str | os.PathLike | None = None,
+    model_dir: str | os.PathLike | None = None,
 ) -> dict:
     """One DPO round of `policy` on the preference pairs in `pairs_dir` (M_t -> M_{t+1}).
 
@@ -121,6 +133,7 @@ def train_dpo(
             and merge them into `policy` at the end; None or `enabled=False` trains every weight.
         compute: Gradient checkpointing and bf16 autocast.
         adapter_dir: Where the trained adapters are saved (main process; LoRA only).
+        model_dir: Where the trained (merged) policy M_{t+1} is saved (main process).
 
     Returns:
         The trainer's summary (`DPOTrainer.train`), plus `valid_pairs` and `trainable_params`.
@@ -139,9 +152,12 @@ def train_dpo(
             precompute_ref_logps=precompute_ref_logps, compute=compute,
             checkpoint_every=checkpoint_every, state_dir=state_dir, seed=seed, log_fn=log_fn,
         )
+        _check_lora_unsharded(trainer.loop, network)
         summary = trainer.train()
         _save_adapter_on_main(trainer.loop, network, adapter_dir)
         trainable = _trainable_params(network)
+    if model_dir is not None:
+        trainer.loop.save_on_main(policy, model_dir)
     return {**summary, "valid_pairs": 0 if valid is None else len(valid), "trainable_params": trainable}
 
 
@@ -156,10 +172,12 @@ def train_sft(
     lora: LoraSettings | None = None,
     compute: ComputeSettings = ComputeSettings(),
     adapter_dir: str | os.PathLike | None = None,
+    model_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Supervised fine-tuning of `model` (in place) on `(prompt_ids, response_ids)` examples.
 
-    With `lora`, fresh adapters are trained, saved to `adapter_dir` and merged into `model`.
+    With `lora`, fresh adapters are trained, saved to `adapter_dir` and merged into `model`. With
+    `model_dir`, the trained model is saved there (main process).
 
     Returns:
         The trainer's summary (`SFTTrainer.train`) plus `examples` and `trainable_params`.
@@ -167,7 +185,10 @@ def train_sft(
     dataset = SFTDataset.from_pairs(examples, max_len=max_len)
     with _trained_network(model, lora, seed) as network:
         trainer = SFTTrainer(network, train_dataset=dataset, optim=optim, compute=compute, seed=seed, log_fn=log_fn)
+        _check_lora_unsharded(trainer.loop, network)
         summary = trainer.train()
         _save_adapter_on_main(trainer.loop, network, adapter_dir)
         trainable = _trainable_params(network)
+    if model_dir is not None:
+        trainer.loop.save_on_main(model, model_dir)
     return {**summary, "examples": len(examples), "trainable_params": trainable}

@@ -138,6 +138,10 @@ class DPOTrainer:
         self.loop = TrainingLoop(self.dpo, self.dpo.policy, input_keys=_DPO_INPUTS, optim=optim, compute=compute,
                                  accelerator=accelerator, seed=seed, log_fn=log_fn)
         self.accelerator = self.loop.accelerator
+        if checkpoint_every is not None and self.loop.shards_weights:
+            # The round state stores the policy and AdamW moments as one process holds them: whole.
+            raise ValueError("checkpoint_every (a resumable round state) is not supported with sharded weights "
+                             f"({self.accelerator.distributed_type.value}): leave iteration.dpo.checkpoint_every unset")
         self._good: WeightSnapshot | None = None
         # accelerator.prepare may move the module; keep our handle on the unwrapped one.
         self.dpo = self.accelerator.unwrap_model(self.loop.model)

@@ -4,7 +4,7 @@ and the model-level training switches (LoRA, gradient checkpointing, autocast) o
 from pathlib import Path
 
 import dpo
-from flows.stepdir import MODEL_DIR, StepRecord, model_dir
+from flows.stepdir import MODEL_DIR, StepRecord, launch_rank, model_dir
 from pipeline.config import RunConfig
 from pipeline.models import InferenceModel, load_model_and_tokenizer
 
@@ -19,10 +19,11 @@ ADAPTER_DIR = "adapter"  # a LoRA stage's adapters (peft format), beside the mer
 
 
 def training_switches(config: RunConfig, out: Path) -> dict:
-    """`train_sft` / `train_dpo` arguments from `model`: LoRA (adapters saved to `<out>/adapter`, merged
-    into the model that `save_model` then writes to `<out>/model`), gradient checkpointing, autocast."""
+    """`train_sft` / `train_dpo` arguments from `model`: LoRA (adapters saved to `<out>/adapter`, then
+    merged), gradient checkpointing, autocast, and `<out>/model` as where the trained model is saved
+    (its weights gathered first when the ranks hold shards of them; `save_tokenizer` completes it)."""
     return {"lora": config.model.lora.to(dpo.LoraSettings), "compute": config.model.to(dpo.ComputeSettings),
-            "adapter_dir": out / ADAPTER_DIR}
+            "adapter_dir": out / ADAPTER_DIR, "model_dir": out / MODEL_DIR}
 
 
 def training_fingerprint(config: RunConfig) -> list:
@@ -41,9 +42,18 @@ def trainable_model(config: RunConfig, record: StepRecord):
     return load_model_and_tokenizer(model_dir(record), device=config.model.device, dtype=config.model.dtype)
 
 
+# Only the main rank writes: under `accelerate launch` the other ranks' step folders are discarded.
 def save_model(model, tokenizer, out: Path) -> None:
-    dpo.save_checkpoint(model, out / MODEL_DIR)
-    tokenizer.save_pretrained(out / MODEL_DIR)
+    """`<out>/model`: the weights of an untrained `model` and the tokenizer."""
+    if launch_rank() == 0:
+        dpo.save_checkpoint(model, out / MODEL_DIR)
+    save_tokenizer(tokenizer, out)
+
+
+def save_tokenizer(tokenizer, out: Path) -> None:
+    """The tokenizer beside the weights a trainer saved to `<out>/model`."""
+    if launch_rank() == 0:
+        tokenizer.save_pretrained(out / MODEL_DIR)
 
 
 def named_curves(log_fn, trainer: str):

@@ -6,7 +6,7 @@ import dpo
 from flows.stepdir import MODEL_DIR, StepRecord, fingerprint, run_step
 from flows.steps.common import (
     named_curves,
-    save_model,
+    save_tokenizer,
     scalars,
     trainable_model,
     training_fingerprint,
@@ -52,7 +52,7 @@ def sft_step(config: RunConfig, run_dir: Path, base: StepRecord, data: StepRecor
         examples, dropped = run_data.sft_examples(Path(data.path), tokenizer, config.sft.max_len)
         summary = dpo.train_sft(model, examples, optim=config.sft.to(dpo.OptimSettings), max_len=config.sft.max_len,
                                 seed=config.seed, log_fn=named_curves(log_fn, "sft"), **training_switches(config, tmp))
-        save_model(model, tokenizer, tmp)
+        save_tokenizer(tokenizer, tmp)
         return {**scalars(summary), "dropped_too_long": dropped}
 
     step_fp = fingerprint("sft", config.sft.model_dump(), base.fingerprint, data.fingerprint, config.seed,

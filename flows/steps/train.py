@@ -19,6 +19,7 @@ from flows.steps.common import (
     flush_metrics,
     named_curves,
     save_model,
+    save_tokenizer,
     scalars,
     trainable_model,
     training_fingerprint,
@@ -90,7 +91,7 @@ def dpo_step(config: RunConfig, iteration: int, run_dir: Path, model: StepRecord
                 f"stays the latest model; lower iteration.dpo.start_learning_rate (or beta) and start a new run"
             ) from err
         flush_metrics(log_fn)
-        save_model(policy, tokenizer, tmp)
+        save_tokenizer(tokenizer, tmp)
         return {**scalars(summary), "label_smoothing": loss.label_smoothing}
 
     record = run_step("dpo", out / "checkpoint", step_fp, build)

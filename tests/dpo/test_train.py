@@ -2,10 +2,13 @@
 the best weights restored) and SFT from token pairs."""
 
 import pytest
+from accelerate import Accelerator
+from transformers import LlamaForCausalLM
 
 from dpo import (
     DPODataset,
     EarlyStopping,
+    LoraSettings,
     LossSettings,
     OptimSettings,
     split_validation,
@@ -13,6 +16,7 @@ from dpo import (
     train_sft,
     write_preference_memmaps,
 )
+from dpo.loop import TrainingLoop
 from tests.dpo._helpers import clear_preference_rows, cpu_state, state_equal, tiny_llama
 
 OPTIM = OptimSettings(batch_size=4, start_learning_rate=1e-2, end_learning_rate=1e-3, dropout=0.0, num_train_steps=6)
@@ -56,3 +60,48 @@ def test_sft_trains_the_model_in_place_on_token_pairs():
     summary = train_sft(model, examples, optim=OPTIM, max_len=16)
     assert summary["examples"] == 8 and summary["steps"] == 6 and summary["final/loss"] < summary["mean/loss"]
     assert not state_equal(cpu_state(model), before)
+
+
+def test_model_dir_holds_the_trained_policy(tmp_path):
+    folder = write_preference_memmaps(tmp_path / "pairs", clear_preference_rows(8))
+    policy = tiny_llama(tie=True)
+    train_dpo(policy, folder, loss=LossSettings(), optim=OPTIM, model_dir=tmp_path / "model")
+    assert state_equal(cpu_state(LlamaForCausalLM.from_pretrained(tmp_path / "model")), cpu_state(policy))
+
+
+@pytest.fixture
+def sharded(monkeypatch):
+    """Take the save path of sharded weights (FSDP, DeepSpeed ZeRO-3: GPU only) on one CPU process, where
+    `accelerator.get_state_dict` (recorded here) returns the plain state dict of the prepared objective."""
+    gathered = []
+    real = Accelerator.get_state_dict
+
+    def get_state_dict(self, model, unwrap=True):
+        gathered.append(type(self.unwrap_model(model)).__name__)
+        return real(self, model, unwrap)
+
+    monkeypatch.setattr(TrainingLoop, "shards_weights", property(lambda self: True))
+    monkeypatch.setattr(Accelerator, "get_state_dict", get_state_dict)
+    return gathered
+
+
+def test_sharded_weights_are_gathered_before_the_main_process_saves(tmp_path, sharded):
+    folder = write_preference_memmaps(tmp_path / "pairs", clear_preference_rows(8))
+    policy = tiny_llama(tie=True)
+    train_dpo(policy, folder, loss=LossSettings(), optim=OPTIM, model_dir=tmp_path / "dpo")
+    model = tiny_llama(tie=True)
+    train_sft(model, [([5, 6, 7], [1, 2, 1, 2])] * 4, optim=OPTIM, max_len=16, model_dir=tmp_path / "sft")
+    assert sharded == ["DPO", "_SFTObjective"]  # the objective's weights, of which the policy's are saved
+    for trained, saved in ((policy, tmp_path / "dpo"), (model, tmp_path / "sft")):
+        reloaded = LlamaForCausalLM.from_pretrained(saved)
+        assert state_equal(cpu_state(reloaded), cpu_state(trained))
+        assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()
+
+
+def test_lora_and_round_states_are_refused_with_sharded_weights(tmp_path, sharded):
+    folder = write_preference_memmaps(tmp_path / "pairs", clear_preference_rows(8))
+    with pytest.raises(ValueError, match="model.lora with sharded weights .* is not supported"):
+        train_dpo(tiny_llama(), folder, loss=LossSettings(), optim=OPTIM, lora=LoraSettings(enabled=True, r=2))
+    with pytest.raises(ValueError, match="checkpoint_every .* not supported with sharded weights"):
+        train_dpo(tiny_llama(), folder, loss=LossSettings(), optim=OPTIM, checkpoint_every=2,
+                  state_dir=tmp_path / "state")
