@@ -5,9 +5,11 @@ a `config` and `save_pretrained` is treated as a HF causal LM, and one with `dis
 `peft_config` as a peft model (LoRA adapters over frozen base weights, see `dpo.lora`).
 """
 
+import contextlib
 import copy
 import inspect
 import sys
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -16,6 +18,7 @@ __all__ = [
     "causal_lm_logits",
     "enable_gradient_checkpointing",
     "frozen_copy",
+    "gathered_root",
     "is_adapter_model",
     "is_hf_model",
     "language_model",
@@ -37,6 +40,25 @@ _DROPOUT_ATTRS = (
     "hidden_dropout_prob",
     "attention_probs_dropout_prob",
 )
+
+
+@contextlib.contextmanager
+def gathered_root(module: nn.Module) -> Iterator[None]:
+    """A block that calls submodules of `module` directly instead of `module.forward` (the reference
+    precompute, validation). Under FSDP2 the weights `module` owns itself (those outside its wrapped
+    decoder layers: embeddings, final norm, LM head) stay sharded until its forward gathers them, and
+    a direct call fails on them ("mixed torch.Tensor and DTensor"); they are gathered for the block.
+    A no-op for any other module."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(module, FSDPModule):
+        yield
+        return
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()
 
 
 def is_hf_model(model: nn.Module) -> bool:

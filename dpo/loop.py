@@ -48,6 +48,10 @@ def iter_shard_batches(
 
     Used for evaluation and reference precomputation, where every example must be seen exactly
     once across processes (a prepared dataloader would pad the last batch with duplicates).
+    Every process yields the same number of batches, because under DeepSpeed ZeRO-3 every forward pass
+    gathers weights from all processes (the reason for HF `generate`'s `synced_gpus`): a process with
+    fewer examples ends with filler batches whose positions are empty (a copy of example 0, computed
+    and ignored).
 
     Args:
         dataset: Map-style dataset.
@@ -62,10 +66,11 @@ def iter_shard_batches(
     positions = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
     if lengths is not None:
         positions.sort(key=lambda i: lengths[i])
-    for start in range(0, len(positions), batch_size):
-        chunk = positions[start : start + batch_size]
-        batch = default_collate([dataset[i] for i in chunk])
-        yield torch.tensor(chunk), send_to_device(batch, accelerator.device)
+    chunks = [positions[start : start + batch_size] for start in range(0, len(positions), batch_size)]
+    most = math.ceil(math.ceil(len(dataset) / accelerator.num_processes) / batch_size)  # rank 0's count
+    for chunk in chunks + [[]] * (most - len(chunks)):
+        batch = default_collate([dataset[i] for i in chunk or [0]])
+        yield torch.tensor(chunk, dtype=torch.long), send_to_device(batch, accelerator.device)
 
 
 def submodule_state(state: dict[str, torch.Tensor], root: nn.Module, module: nn.Module) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import Dataset
 
-from ._modeling import trim_right_padding
+from ._modeling import gathered_root, trim_right_padding
 from ._types import StepOutput
 from .data import PAD_VALUE, PROMPT_LEN_FILE, check_token_rows, open_npy, save_npy_atomic
 from .logprobs import mean_token_nll, response_logprobs, token_logprobs
@@ -198,10 +198,12 @@ class SFTTrainer:
         was_training = self.objective.training
         self.objective.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.accelerator.device)  # (nll sum, tokens)
-        for _, batch in iter_shard_batches(dataset, self.batch_size, self.accelerator):
-            with self.loop.autocast():
-                logps, mask, _ = response_logprobs(self.objective.policy, batch["seq"], batch["prompt_len"])
-            total += torch.stack([-logps.sum().double(), mask.sum().double()])
+        with gathered_root(self.objective):
+            for positions, batch in iter_shard_batches(dataset, self.batch_size, self.accelerator):
+                with self.loop.autocast():
+                    logps, mask, _ = response_logprobs(self.objective.policy, batch["seq"], batch["prompt_len"])
+                if len(positions):  # not a filler batch
+                    total += torch.stack([-logps.sum().double(), mask.sum().double()])
         self.objective.train(was_training)
         total = self.accelerator.reduce(total, reduction="sum")
         return float(total[0] / total[1].clamp(min=1))

@@ -17,6 +17,7 @@ A LoRA policy (`DPO` around a peft model) trains its adapters only: snapshots an
 hold the adapter tensors, and the reference is the base (see `dpo.lora`).
 """
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import Dataset
 
-from ._modeling import trainable_state
+from ._modeling import gathered_root, trainable_state
 from ._types import NonFiniteLossError
 from .early_stopping import EarlyStopDecision, EarlyStopper, WeightSnapshot
 from .loop import LogFn, TrainingLoop, iter_shard_batches, summarize
@@ -62,6 +63,27 @@ class _WithRefLogps(Dataset):
         item = dict(self.dataset[index])
         item["ref_chosen_logps"], item["ref_rejected_logps"] = self.ref_logps[index]
         return item
+
+
+@torch.no_grad()
+def reference_logps(dpo: DPO, dataset: Dataset, batch_size: int, accelerator: Accelerator,
+                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> torch.Tensor:
+    """The reference's log-probs of every pair, (n, 2) [chosen, rejected] on the CPU: each process
+    computes its share, then they are summed across processes (each position is filled on one).
+
+    `autocast` is the region forward passes run in, as the live reference inside the training
+    forward would. Under FSDP2 the objective's own weights are gathered first (`gathered_root`).
+    """
+    ref = torch.zeros(len(dataset), 2, dtype=torch.float32, device=accelerator.device)
+    # Each pair's result is independent of its batch: batch pairs of similar length (less padding).
+    shared = dpo.share_prompt and supports_shared_prompt(dpo.reference)
+    lengths = [_pair_length(dataset[i], shared) for i in range(len(dataset))]
+    with gathered_root(dpo):
+        for positions, batch in iter_shard_batches(dataset, batch_size, accelerator, lengths):
+            with autocast():
+                chosen, rejected = dpo.ref_logps(batch["chosen"], batch["rejected"], batch["prompt_len"])
+            ref[positions.to(ref.device)] = torch.stack([chosen, rejected], dim=1).float()[: len(positions)]
+    return accelerator.reduce(ref, reduction="sum").cpu()
 
 
 class DPOTrainer:
@@ -157,11 +179,12 @@ class DPOTrainer:
         if self.valid_dataset is None or len(self.valid_dataset) == 0:
             raise ValueError("validation_loss needs a non-empty valid_dataset")
         total = torch.zeros(2, dtype=torch.float64, device=self.accelerator.device)  # (loss sum, pairs)
-        for _, batch in iter_shard_batches(self.valid_dataset, self.batch_size, self.accelerator):
-            with self.loop.autocast():
-                out = self.dpo(**{k: batch[k] for k in _DPO_INPUTS if k in batch})
-            pairs = len(batch["chosen"])
-            total += torch.tensor([float(out.loss) * pairs, pairs], device=total.device)
+        with gathered_root(self.dpo):
+            for positions, batch in iter_shard_batches(self.valid_dataset, self.batch_size, self.accelerator):
+                with self.loop.autocast():
+                    out = self.dpo(**{k: batch[k] for k in _DPO_INPUTS if k in batch})
+                pairs = len(positions)  # 0 for a filler batch
+                total += torch.tensor([float(out.loss) * pairs, pairs], device=total.device)
         total = self.accelerator.reduce(total, reduction="sum")
         return float(total[0] / total[1])
 
@@ -179,19 +202,10 @@ class DPOTrainer:
         return decision
 
     # ---------------------------------------------------------------- reference
-    @torch.no_grad()
     def _with_ref_logps(self, dataset: Dataset) -> Dataset:
         """Compute reference log-probs once (sharded, then summed across processes)."""
-        ref = torch.zeros(len(dataset), 2, dtype=torch.float32, device=self.accelerator.device)
-        # Each pair's result is independent of its batch: batch pairs of similar length (less padding).
-        shared = self.dpo.share_prompt and supports_shared_prompt(self.dpo.reference)
-        lengths = [_pair_length(dataset[i], shared) for i in range(len(dataset))]
-        for positions, batch in iter_shard_batches(dataset, self.batch_size, self.accelerator, lengths):
-            with self.loop.autocast():  # as the live reference inside the training forward would be
-                chosen, rejected = self.dpo.ref_logps(batch["chosen"], batch["rejected"], batch["prompt_len"])
-            ref[positions.to(ref.device)] = torch.stack([chosen, rejected], dim=1).float()
-        ref = self.accelerator.reduce(ref, reduction="sum")  # each position was filled on one process
-        return _WithRefLogps(dataset, ref.cpu())
+        return _WithRefLogps(dataset, reference_logps(self.dpo, dataset, self.batch_size, self.accelerator,
+                                                      self.loop.autocast))
 
     def _round_dataset(self) -> Dataset:
         dataset = self.dataset_generator() if self.dataset_generator is not None else self.train_dataset

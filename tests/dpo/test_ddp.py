@@ -7,9 +7,14 @@ from pathlib import Path
 
 import pytest
 import safetensors.torch
+import torch
+from transformers import LlamaForCausalLM
+
+from tests._tiny import tiny_llama
 
 SCRIPT = Path(__file__).with_name("_ddp_train.py")
 LORA_SCRIPT = Path(__file__).with_name("_ddp_lora_train.py")
+FSDP2_SCRIPT = Path(__file__).with_name("_fsdp2_pieces.py")
 
 
 def _free_port() -> int:
@@ -61,3 +66,16 @@ def test_two_processes_train_the_same_lora_adapters_and_merge_them(tmp_path):
     assert all(r["changed"] > 0 for r in results)  # merged into the model each rank holds
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".adapter")]  # main process only, atomic
+
+
+@pytest.mark.slow
+def test_fsdp2_sharded_reference_precompute_and_gathered_save(tmp_path):
+    _launch_two(FSDP2_SCRIPT, tmp_path)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in results:  # really sharded: every weight a DTensor, each rank holding about half
+        assert r["sharded_params"] == r["params"] and r["local_elements"] < 0.6 * r["elements"]
+        assert r["max_diff"] < 1e-5  # sharded precompute = the whole model's, uneven shares included
+    assert results[0]["ref_logps"] == results[1]["ref_logps"]
+    saved = LlamaForCausalLM.from_pretrained(tmp_path / "model")
+    expected = tiny_llama(seed=0, layers=2, tie=True)
+    assert all(torch.equal(saved.state_dict()[k], v) for k, v in expected.state_dict().items())

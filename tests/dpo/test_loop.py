@@ -1,5 +1,7 @@
 """TrainingLoop: round length, per-round data order and schedule, sharded passes, summaries."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -53,6 +55,16 @@ def test_sharded_passes_see_every_example_once_in_length_order(accelerator):
     lengths = [5, 1, 4, 2, 7, 3, 6]
     seen = [(positions.tolist(), batch[0].tolist()) for positions, batch in iter_shard_batches(data, 3, accelerator, lengths)]
     assert seen == [([1, 3, 5], [1, 3, 5]), ([2, 0, 6], [2, 0, 6]), ([4], [4])]
+
+
+def test_every_process_runs_as_many_sharded_batches():
+    data = TensorDataset(torch.arange(9))
+    shares = []
+    for rank in (0, 1):
+        process = SimpleNamespace(process_index=rank, num_processes=2, device=torch.device("cpu"))
+        shares.append([(positions.tolist(), batch[0].tolist()) for positions, batch in iter_shard_batches(data, 2, process)])
+    assert shares[0] == [([0, 2], [0, 2]), ([4, 6], [4, 6]), ([8], [8])]
+    assert shares[1] == [([1, 3], [1, 3]), ([5, 7], [5, 7]), ([], [0])]  # a filler: computed, then ignored
 
 
 def test_summary_has_final_and_mean_of_every_metric():
