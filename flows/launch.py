@@ -35,7 +35,6 @@ from generation import DataParallelModel, Shard
 from pipeline.config import RunConfig, RuntimeConfig
 from pipeline.lifeline import die_with_launcher, launcher_env
 from pipeline.models import InferenceModel, select_device, set_torch_threads
-from pipeline.tracking import Tracker
 
 # The steps a launched process may run, by name.
 TRAINING_STEPS: dict[str, Callable[..., StepRecord]] = {fn.__name__: fn for fn in (steps.sft_step, steps.dpo_step)}
@@ -101,6 +100,8 @@ def _train_here(step: Callable[..., StepRecord], config: RunConfig, run_dir: Pat
                 inputs: dict[str, Any]) -> StepRecord:
     log_fn = None
     if curves is not None and launch_rank() == 0:
+        from pipeline.tracking import Tracker  # MLflow: only the rank that logs imports it
+
         tracker = Tracker.from_config(curves.tracking_uri, config.tracking)
         log_fn = tracker.buffered_metrics(curves.run_id, config.tracking.metrics_flush_seconds)
     with log_fn or contextlib.nullcontext():  # leaving it sends the last curve points, also on failure
