@@ -23,18 +23,22 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from accelerate import PartialState
 
+from dpo.files import write_json_atomic
 from flows import steps
 from flows.stepdir import StepRecord, launch_rank
 from generation import DataParallelModel, Shard
 from pipeline.config import RunConfig, RuntimeConfig
 from pipeline.lifeline import die_with_launcher, launcher_env
 from pipeline.models import InferenceModel, select_device, set_torch_threads
+
+LAUNCHES_DIR = ".launches"  # in the run folder: the specs of multi-machine launches (`flows.join`)
 
 # The steps a launched process may run, by name.
 TRAINING_STEPS: dict[str, Callable[..., StepRecord]] = {fn.__name__: fn for fn in (steps.sft_step, steps.dpo_step)}
@@ -87,13 +91,23 @@ def _run_ranks(step: Callable[..., StepRecord], config: RunConfig, launch: RunCo
     """Run `step` on the ranks of an `accelerate launch` built from `launch.runtime`; returns once
     they are done (the main rank has published the step folder)."""
     spec = {"step": step.__name__, "config": config.model_dump(mode="json"), "run_dir": str(run_dir),
-            "curves": curves, "inputs": {k: v.model_dump() if isinstance(v, StepRecord) else v for k, v in inputs.items()}}
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(spec, f)
+            "launch": launch.runtime.model_dump(mode="json"), "curves": curves,
+            "inputs": {k: v.model_dump() if isinstance(v, StepRecord) else v for k, v in inputs.items()}}
+    spec_path = _write_spec(spec, Path(run_dir), step.__name__, shared=launch.runtime.num_machines > 1)
     try:  # the agent and its ranks die with this process and never publish once it is gone
-        subprocess.run(_launch_command(launch, f.name), check=True, env={**os.environ, **launcher_env(run_dir)})
+        subprocess.run(launch_command(launch, str(spec_path)), check=True, env={**os.environ, **launcher_env(run_dir)})
     finally:
-        os.unlink(f.name)
+        spec_path.unlink(missing_ok=True)  # also tells the joined machines that this launch is over
+
+
+def _write_spec(spec: dict[str, Any], run_dir: Path, step: str, shared: bool) -> Path:
+    """A launch's spec file: a temporary file, or, for several machines, a file in the run folder's
+    launch folder, where `selfreward join` on the other machines finds it (`flows.join`)."""
+    if not shared:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(spec, f)
+        return Path(f.name)
+    return write_json_atomic(run_dir / LAUNCHES_DIR / f"{time.time_ns()}-{step}.json", spec)
 
 
 def _train_here(step: Callable[..., StepRecord], config: RunConfig, run_dir: Path, curves: CurveTarget | None,
@@ -197,7 +211,7 @@ def _generation_launch(config: RunConfig) -> RunConfig:
     return config.model_copy(update={"runtime": config.runtime.model_copy(update={"accelerate_config": None})})
 
 
-def _launch_command(config: RunConfig, spec_path: str) -> list[str]:
+def launch_command(config: RunConfig, spec_path: str) -> list[str]:
     """The `accelerate launch` command line of a training step, from `runtime`.
 
     The process and machine settings always come from `runtime` (they win over the same keys of an

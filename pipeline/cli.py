@@ -184,6 +184,20 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_join(args: argparse.Namespace) -> int:
+    if args.machine_rank < 1:
+        return _fail("--machine-rank: machine 0 runs the flow (`selfreward run`); the others join as 1 .. num_machines - 1")
+    from flows.join import join_launches
+
+    run_dir = Path(args.output).resolve() / args.run_name
+    print(f"joining the launches of {run_dir} as machine {args.machine_rank} (Ctrl-C to stop)", flush=True)
+    try:
+        join_launches(run_dir, args.machine_rank, log=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfreward", description="Self-Rewarding Language Models as pipelines.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--run", dest="run_name", help="run whose direct links are printed (default: the most recent)")
     ui.add_argument("--experiment", default="selfreward")
     ui.set_defaults(func=cmd_ui)
+
+    join = sub.add_parser("join", help="on machine K of a multi-machine run: start its share of every launched step")
+    join.add_argument("run_name", help="the run_name of the run machine 0 runs")
+    join.add_argument("--output", default="runs", help="the run's output directory, as this machine sees it")
+    join.add_argument("--machine-rank", type=int, required=True, help="this machine's rank (1 .. num_machines - 1)")
+    join.set_defaults(func=cmd_join)
     return parser
 
 

@@ -1,26 +1,49 @@
-"""Training steps as `accelerate launch` subprocesses: 2 CPU processes train, one checkpoint lands."""
+"""Training steps as `accelerate launch` subprocesses on two "machines" of this host (one CPU process
+each, gloo): machine 0 runs the flow, machine 1 joins each launch with `selfreward join`, one
+checkpoint lands. (Two processes on one machine are launched by test_training_ranks.py and
+test_parallel_generation.py.)"""
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from flows import self_rewarding_flow
+from flows.launch import LAUNCHES_DIR
 from pipeline.tracking import Tracker, default_tracking_uri
 from tests.flows.conftest import tiny_config
+from tests.servers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness", "no_mlflow_env")]
 
 
-def test_sft_and_dpo_under_accelerate_launch_with_two_processes(tmp_path):
-    config = tiny_config("iterations=1", "runtime.launcher=accelerate", "runtime.num_processes=2")
-    result = self_rewarding_flow(config, output_dir=str(tmp_path))
+def test_sft_and_dpo_on_two_machines_joined_from_the_run_folder(tmp_path):
+    """Machine 0's launches wait at a static rendezvous of 2 nodes on 127.0.0.1 until machine 1 joins:
+    `selfreward join` starts the same launch from the spec the flow wrote into the run folder."""
+    config = tiny_config("iterations=1", "runtime.launcher=accelerate", "runtime.num_processes=2",
+                         "runtime.num_machines=2", "runtime.main_process_ip=127.0.0.1",
+                         f"runtime.main_process_port={free_port()}")
+    joiner = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "join", config.run_name, "--output", str(tmp_path),
+                               "--machine-rank", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        result = self_rewarding_flow(config, output_dir=str(tmp_path))
+    finally:
+        os.killpg(joiner.pid, signal.SIGTERM)
+        joined = joiner.communicate(timeout=60)[0]
+    for step in ("sft_step", "dpo_step"):  # machine 1 ran its rank of both launches
+        assert f"-{step}.json as machine 1" in joined and f"-{step}.json: exit 0" in joined, joined
     run_dir = Path(result["run_dir"])
     for step in ("sft", "iter-1/checkpoint"):
         assert (run_dir / step / "manifest.json").is_file()
         assert (run_dir / step / "model" / "model.safetensors").is_file()
-    # Only the main rank publishes; other ranks' scratch folders are gone.
-    assert not [p for p in run_dir.rglob(".*") if p.is_dir()]
+    # Only the main rank publishes; other ranks' scratch folders and the launch specs are gone.
+    assert not [p for p in run_dir.rglob(".*") if p.is_dir() and p.name != LAUNCHES_DIR]
+    assert not list((run_dir / LAUNCHES_DIR).iterdir())
 
     tracker = Tracker(default_tracking_uri(tmp_path), config.tracking.experiment)
     client = MlflowClient(default_tracking_uri(tmp_path))

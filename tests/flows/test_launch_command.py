@@ -5,14 +5,14 @@ import sys
 
 import pytest
 
-from flows.launch import _launch_command
+from flows.launch import launch_command
 from pipeline.config import load_config
 
 FSDP = "accelerate/fsdp.yaml"  # relative to configs/, where the embedded run config lives
 
 
 def command(*overrides: str) -> list[str]:
-    cmd = _launch_command(load_config(None, ["runtime.launcher=accelerate", *overrides]), "/tmp/spec.json")
+    cmd = launch_command(load_config(None, ["runtime.launcher=accelerate", *overrides]), "/tmp/spec.json")
     assert cmd[:3] == [sys.executable, "-m", "pipeline.agent"]  # `accelerate launch` binding loopback
     assert cmd[-3:] == ["-m", "flows.launch", "/tmp/spec.json"]
     return cmd[3:-3]

@@ -167,3 +167,8 @@ def test_ui_serves_a_moved_store_on_loopback(finished_run):
         aside.rename(original)
         shutil.rmtree(out, ignore_errors=True)
     assert f"http://127.0.0.1:{port}" in proc.stdout.read()
+
+
+def test_join_refuses_machine_rank_0_before_loading_anything():
+    proc = cli("join", "demo", "--machine-rank", "0", timeout=30)
+    assert proc.returncode == 2 and "machine 0 runs the flow" in proc.stderr and "Traceback" not in proc.stderr
