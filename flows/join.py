@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from flows.launch import LAUNCHES_DIR, launch_command
@@ -25,35 +24,26 @@ from pipeline.lifeline import launcher_env
 
 __all__ = ["join_launches"]
 
+POLL_SECONDS = 1.0  # how often the run's launch folder is looked at
 ORPHAN_GRACE_SECONDS = 30.0  # a joined launch outlives its spec this long before it is stopped
 
 
-def join_launches(run_dir: str | os.PathLike, machine_rank: int, *, poll_seconds: float = 1.0,
-                  stop: Callable[[], bool] = lambda: False, log: Callable[[str], None] = print) -> int:
-    """Join every launch the run at `run_dir` publishes, one at a time, until `stop()` is true.
+def join_launches(run_dir: str | os.PathLike, machine_rank: int) -> None:
+    """Join every launch the run at `run_dir` publishes, one at a time, until interrupted.
 
     Args:
         run_dir: The run folder (`<output>/<run_name>`), as this machine sees it.
         machine_rank: This machine's rank, 1 .. num_machines - 1.
-        poll_seconds: How often the run's launch folder is looked at.
-        stop: Checked between launches (and while idle).
-        log: Receives one line per joined launch.
-
-    Returns:
-        How many launches were joined.
     """
-    launches, joined, seen = Path(run_dir) / LAUNCHES_DIR, 0, set()
-    while not stop():
+    launches, seen = Path(run_dir) / LAUNCHES_DIR, set()
+    while True:
         pending = sorted(p for p in launches.glob("*.json") if p.name not in seen) if launches.is_dir() else []
         for spec_path in pending:
             seen.add(spec_path.name)
-            log(f"joining {spec_path.name} as machine {machine_rank}")
-            code = _join(spec_path, machine_rank, Path(run_dir))
-            log(f"{spec_path.name}: exit {code}")
-            joined += 1
+            print(f"joining {spec_path.name} as machine {machine_rank}", flush=True)
+            print(f"{spec_path.name}: exit {_join(spec_path, machine_rank, Path(run_dir))}", flush=True)
         if not pending:
-            time.sleep(poll_seconds)
-    return joined
+            time.sleep(POLL_SECONDS)
 
 
 def _join(spec_path: Path, machine_rank: int, run_dir: Path) -> int:

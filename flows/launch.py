@@ -3,7 +3,8 @@
 `launch_sft` and `launch_dpo` are what the flows call to train. With `runtime.launcher: accelerate`
 they write a small JSON spec and run `accelerate launch --num_processes N -m flows.launch SPEC`;
 every rank runs the same step function, the main rank publishes the step folder, and the parent
-reads its manifest. The ranks log their curves to the same MLflow run (by id), so both paths look
+reads its manifest. With several machines the spec is written into the run folder, where the
+other machines' `selfreward join` finds it (`flows.join`). The ranks log their curves to the same MLflow run (by id), so both paths look
 the same in the UI.
 
 `data_parallel(step)` is a generation step (prompts, candidates, judging, evaluation) as

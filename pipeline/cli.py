@@ -192,7 +192,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     run_dir = Path(args.output).resolve() / args.run_name
     print(f"joining the launches of {run_dir} as machine {args.machine_rank} (Ctrl-C to stop)", flush=True)
     try:
-        join_launches(run_dir, args.machine_rank, log=lambda line: print(line, flush=True))
+        join_launches(run_dir, args.machine_rank)
     except KeyboardInterrupt:
         pass
     return 0
