@@ -40,6 +40,7 @@ from pipeline.lifeline import die_with_launcher, launcher_env
 from pipeline.models import InferenceModel, select_device, set_torch_threads
 
 LAUNCHES_DIR = ".launches"  # in the run folder: the specs of multi-machine launches (`flows.join`)
+HEARTBEAT_SECONDS = 2.0  # a running launch touches its spec this often
 
 # The steps a launched process may run, by name.
 TRAINING_STEPS: dict[str, Callable[..., StepRecord]] = {fn.__name__: fn for fn in (steps.sft_step, steps.dpo_step)}
@@ -94,20 +95,40 @@ def _run_ranks(step: Callable[..., StepRecord], config: RunConfig, launch: RunCo
     spec = {"step": step.__name__, "config": config.model_dump(mode="json"), "run_dir": str(run_dir),
             "launch": launch.runtime.model_dump(mode="json"), "curves": curves,
             "inputs": {k: v.model_dump() if isinstance(v, StepRecord) else v for k, v in inputs.items()}}
-    spec_path = _write_spec(spec, Path(run_dir), step.__name__, shared=launch.runtime.num_machines > 1)
-    try:  # the agent and its ranks die with this process and never publish once it is gone
-        subprocess.run(launch_command(launch, str(spec_path)), check=True, env={**os.environ, **launcher_env(run_dir)})
+    shared = launch.runtime.num_machines > 1
+    spec_path = _write_spec(spec, Path(run_dir), step.__name__, shared)
+    command = launch_command(launch, str(spec_path))
+    # The agent and its ranks die with this process and never publish once it is gone.
+    proc = subprocess.Popen(command, env={**os.environ, **launcher_env(run_dir)})
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=HEARTBEAT_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                spec_path.touch()  # the heartbeat: `selfreward join` only joins (and keeps) a live launch
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         spec_path.unlink(missing_ok=True)  # also tells the joined machines that this launch is over
+        if shared:
+            with contextlib.suppress(OSError):
+                spec_path.parent.rmdir()  # once empty
+    if code:
+        raise subprocess.CalledProcessError(code, command)
 
 
 def _write_spec(spec: dict[str, Any], run_dir: Path, step: str, shared: bool) -> Path:
     """A launch's spec file: a temporary file, or, for several machines, a file in the run folder's
-    launch folder, where `selfreward join` on the other machines finds it (`flows.join`)."""
+    launch folder, where `selfreward join` on the other machines finds it (`flows.join`). The flow
+    runs one launch at a time under the run lock, so a spec already there was left by a crash."""
     if not shared:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(spec, f)
         return Path(f.name)
+    for stale in (run_dir / LAUNCHES_DIR).glob("*.json"):
+        stale.unlink(missing_ok=True)
     return write_json_atomic(run_dir / LAUNCHES_DIR / f"{time.time_ns()}-{step}.json", spec)
 
 

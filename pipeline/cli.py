@@ -187,14 +187,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_join(args: argparse.Namespace) -> int:
     if args.machine_rank < 1:
         return _fail("--machine-rank: machine 0 runs the flow (`selfreward run`); the others join as 1 .. num_machines - 1")
-    from flows.join import join_launches
+    from flows.join import JoinError, join_launches
 
     run_dir = Path(args.output).resolve() / args.run_name
     print(f"joining the launches of {run_dir} as machine {args.machine_rank} (Ctrl-C to stop)", flush=True)
     try:
         join_launches(run_dir, args.machine_rank)
+    except JoinError as err:
+        return _fail(str(err))
     except KeyboardInterrupt:
-        pass
+        return 130
     return 0
 
 
@@ -227,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     join = sub.add_parser("join", help="on machine K of a multi-machine run: start its share of every launched step")
     join.add_argument("run_name", help="the run_name of the run machine 0 runs")
-    join.add_argument("--output", default="runs", help="the run's output directory, as this machine sees it")
+    join.add_argument("--output", default="runs", help="the run's output directory (the same absolute path as on machine 0)")
     join.add_argument("--machine-rank", type=int, required=True, help="this machine's rank (1 .. num_machines - 1)")
     join.set_defaults(func=cmd_join)
     return parser
