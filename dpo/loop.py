@@ -78,7 +78,10 @@ def submodule_state(state: dict[str, torch.Tensor], root: nn.Module, module: nn.
     keyed as in `module.state_dict()`: the policy's weights out of the DPO objective's."""
     if module is root:
         return state
-    prefix = next(name for name, sub in root.named_modules() if sub is module) + "."
+    prefix = next((name for name, sub in root.named_modules() if sub is module), None)
+    if prefix is None:
+        raise ValueError(f"{type(module).__name__} is not a submodule of {type(root).__name__}")
+    prefix += "."
     return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
 
 

@@ -4,6 +4,7 @@ An error names where the bad value came from: the config file, or the `--set KEY
 that set it.
 """
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -98,8 +99,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{sources}: invalid config\n" + format_errors(err)) from None
     except ValueError as err:  # raised by iteration_config() with its own field path
         raise ConfigError(f"{path}: invalid config\n{err}") from None
-    return config.model_copy(update={"data": _resolve_data_paths(config.data, path, overrides),
-                                     "runtime": _resolve_accelerate_config(config.runtime, path)})
+    config = config.model_copy(update={"data": _resolve_data_paths(config.data, path, overrides),
+                                       "runtime": _resolve_accelerate_config(config.runtime, path)})
+    _check_launch_settings(config, path)
+    return config
 
 
 def _sources(path: Path, overrides: list[str], locs: Iterable[tuple]) -> str:
@@ -145,6 +148,48 @@ def _resolve_accelerate_config(runtime: RuntimeConfig, config_path: Path) -> Run
     if not resolved.is_file():
         raise ConfigError(f"{config_path}: runtime.accelerate_config: file not found: {resolved}")
     return runtime.model_copy(update={"accelerate_config": str(resolved)})
+
+
+def _check_launch_settings(config: RunConfig, path: Path) -> None:
+    """What the launches cannot do, refused before anything runs (on GPUs a launch fails late and on
+    every rank): a run config that is not machine 0, and features sharded weights do not support."""
+    runtime = config.runtime
+    if runtime.machine_rank != 0:
+        raise ConfigError(f"{path}: runtime.machine_rank is {runtime.machine_rank}, but `selfreward run` is always "
+                          f"machine 0: start the other machines with `selfreward join {config.run_name} --machine-rank K`")
+    sharding = _sharding(Path(runtime.accelerate_config)) if runtime.accelerate_config else None
+    if sharding is None:
+        return
+    refused = ["model.lora.enabled"] if config.model.lora.enabled else []
+    if any(config.iteration_config(i).dpo.checkpoint_every for i in range(1, config.iterations + 1)):
+        refused.append("iteration.dpo.checkpoint_every")
+    if refused:
+        raise ConfigError(f"{path}: runtime.accelerate_config {runtime.accelerate_config} shards the weights "
+                          f"({sharding}), which {' and '.join(refused)} do not support yet: use plain data "
+                          f"parallelism (DDP, ZeRO-1/2) for them")
+
+
+def _sharding(accelerate_file: Path) -> str | None:
+    """"FSDP2" or "DeepSpeed ZeRO-3" when the accelerate config file shards the weights, else None.
+
+    Raises:
+        ConfigError: FSDP1 (only FSDP2 is supported).
+    """
+    settings = yaml.safe_load(accelerate_file.read_text()) or {}
+    if settings.get("distributed_type") == "FSDP":
+        if str((settings.get("fsdp_config") or {}).get("fsdp_version", 1)) != "2":
+            raise ConfigError(f"{accelerate_file}: fsdp_config.fsdp_version must be 2 (FSDP1 is not supported)")
+        return "FSDP2"
+    if settings.get("distributed_type") != "DEEPSPEED":
+        return None
+    deepspeed = settings.get("deepspeed_config") or {}
+    stage = deepspeed.get("zero_stage")
+    json_file = deepspeed.get("deepspeed_config_file")
+    for candidate in ([accelerate_file.parent / json_file, Path(json_file)] if json_file else []):
+        if candidate.is_file():
+            stage = json.loads(candidate.read_text()).get("zero_optimization", {}).get("stage", stage)
+            break
+    return "DeepSpeed ZeRO-3" if stage == 3 else None
 
 
 def _resolve_data_paths(data: DataConfig, config_path: Path, overrides: list[str]) -> DataConfig:

@@ -265,7 +265,7 @@ class RuntimeConfig(_Section):
     )
     accelerate_config: str | None = Field(None, description="accelerate config file for the training launches (FSDP, DeepSpeed: configs/accelerate/); runtime.* launch settings win over its own")
     num_machines: int = Field(1, ge=1, description="machines of a training launch; num_processes counts the processes of all of them")
-    machine_rank: int = Field(0, ge=0, description="this machine's rank in a multi-machine launch (0: the main one)")
+    machine_rank: int = Field(0, ge=0, description="machine rank of a launch: always 0 in a run config (the flow runs on machine 0); `selfreward join --machine-rank K` sets it on the others")
     main_process_ip: str | None = Field(None, description="address of machine 0 (needed with num_machines > 1); one machine: 127.0.0.1")
     main_process_port: int | None = Field(None, ge=1, le=65535, description="port on machine 0; default: a free port (one machine), 29500 (several)")
 

@@ -11,8 +11,11 @@ from pipeline.config import load_config
 FSDP = "accelerate/fsdp.yaml"  # relative to configs/, where the embedded run config lives
 
 
-def command(*overrides: str) -> list[str]:
-    cmd = launch_command(load_config(None, ["runtime.launcher=accelerate", *overrides]), "/tmp/spec.json")
+def command(*overrides: str, machine_rank: int = 0) -> list[str]:
+    config = load_config(None, ["runtime.launcher=accelerate", *overrides])
+    # machine_rank > 0 is set by `selfreward join` on the other machines, never in a run config.
+    config = config.model_copy(update={"runtime": config.runtime.model_copy(update={"machine_rank": machine_rank})})
+    cmd = launch_command(config, "/tmp/spec.json")
     assert cmd[:3] == [sys.executable, "-m", "pipeline.agent"]  # `accelerate launch` binding loopback
     assert cmd[-3:] == ["-m", "flows.launch", "/tmp/spec.json"]
     return cmd[3:-3]
@@ -51,8 +54,8 @@ def test_an_accelerate_config_file_chooses_the_distributed_type():
 
 @pytest.mark.parametrize("rank", [0, 1])
 def test_multi_machine_settings(rank):
-    opts = options(command("runtime.num_processes=16", "runtime.num_machines=2", f"runtime.machine_rank={rank}",
-                           "runtime.main_process_ip=10.1.2.3", f"runtime.accelerate_config={FSDP}"))
+    opts = options(command("runtime.num_processes=16", "runtime.num_machines=2", "runtime.main_process_ip=10.1.2.3",
+                           f"runtime.accelerate_config={FSDP}", machine_rank=rank))
     assert opts["--num_processes"] == "16" and opts["--num_machines"] == "2" and opts["--machine_rank"] == str(rank)
     assert opts["--main_process_ip"] == "10.1.2.3" and opts["--main_process_port"] == "29500"  # same on every machine
     custom = options(command("runtime.num_processes=4", "runtime.num_machines=2", "runtime.main_process_ip=h0",

@@ -190,10 +190,26 @@ def test_lora_refuses_an_ema_reference(overrides):
     (["runtime.launcher=accelerate", "runtime.num_machines=2", "runtime.num_processes=3",
       "runtime.main_process_ip=10.0.0.1"], "must be a multiple of num_machines"),
     (["runtime.launcher=accelerate", "runtime.accelerate_config=missing.yaml"], "runtime.accelerate_config: file not found"),
+    (["runtime.launcher=accelerate", "runtime.num_machines=2", "runtime.num_processes=2", "runtime.machine_rank=1",
+      "runtime.main_process_ip=10.0.0.1"], r"`selfreward run` is always machine 0: start the other machines with "
+                                           r"`selfreward join demo --machine-rank K`"),
+    (["runtime.launcher=accelerate", "runtime.accelerate_config=accelerate/fsdp.yaml", "model.lora.enabled=true"],
+     r"shards the weights \(FSDP2\), which model.lora.enabled do not support"),
+    (["runtime.launcher=accelerate", "runtime.accelerate_config=accelerate/zero3.yaml",
+      "overrides.2.dpo.checkpoint_every=5"], r"\(DeepSpeed ZeRO-3\), which iteration.dpo.checkpoint_every do not"),
 ])
 def test_launch_settings_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_fsdp1_is_refused_and_unsharded_files_allow_everything(tmp_path):
+    fsdp1 = write(tmp_path, "distributed_type: FSDP\nfsdp_config: {fsdp_version: 1}\n", "fsdp1.yaml")
+    with pytest.raises(ConfigError, match=r"fsdp1.yaml: fsdp_config.fsdp_version must be 2"):
+        load_config(None, ["runtime.launcher=accelerate", f"runtime.accelerate_config={fsdp1}"])
+    ddp = write(tmp_path, "distributed_type: MULTI_GPU\n", "ddp.yaml")
+    load_config(None, ["runtime.launcher=accelerate", f"runtime.accelerate_config={ddp}", "model.lora.enabled=true",
+                       "iteration.dpo.checkpoint_every=5"])
 
 
 def test_early_stopping_needs_held_out_pairs(tmp_path):
