@@ -25,7 +25,11 @@ def loaded() -> dict[str, set[str]]:
     code = "import sys, {}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
     procs = {module: subprocess.Popen([sys.executable, "-c", code.format(module)], stdout=subprocess.PIPE, text=True)
              for module in FORBIDDEN}
-    outputs = {module: proc.communicate(timeout=120)[0] for module, proc in procs.items()}
+    try:
+        outputs = {module: proc.communicate(timeout=120)[0] for module, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            proc.kill()  # a no-op for those that finished
     assert all(proc.returncode == 0 for proc in procs.values())
     return {module: set(out.split()) for module, out in outputs.items()}
 

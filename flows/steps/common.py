@@ -42,9 +42,9 @@ def trainable_model(config: RunConfig, record: StepRecord):
     return load_model_and_tokenizer(model_dir(record), device=config.model.device, dtype=config.model.dtype)
 
 
-# Only the main rank writes: under `accelerate launch` the other ranks' step folders are discarded.
 def save_model(model, tokenizer, out: Path) -> None:
-    """`<out>/model`: the weights of an untrained `model` and the tokenizer."""
+    """`<out>/model`: the weights of an untrained `model` and the tokenizer. Like `save_tokenizer`, only
+    the main rank writes: under `accelerate launch` the other ranks' step folders are discarded."""
     if launch_rank() == 0:
         dpo.save_checkpoint(model, out / MODEL_DIR)
     save_tokenizer(tokenizer, out)
