@@ -16,13 +16,20 @@ installed. MLflow loads entry points while it imports, so this module imports ML
 """
 
 import os
+from pathlib import Path
 from urllib.parse import urlparse
 
-__all__ = ["ARTIFACTS_DIR", "LOCATION", "SCHEME", "local_artifact_root", "local_or_proxied_repository", "register_resolver"]
+__all__ = ["ARTIFACTS_DIR", "LOCATION", "SCHEME", "default_tracking_uri", "local_artifact_root",
+           "local_or_proxied_repository", "register_resolver"]
 
 SCHEME = "mlflow-artifacts"
 LOCATION = f"{SCHEME}:/"  # the artifact location of experiments created in a local sqlite store
 ARTIFACTS_DIR = "mlartifacts"  # beside mlflow.db, as `selfreward ui` serves it
+
+
+def default_tracking_uri(output_dir: str | Path) -> str:
+    """`MLFLOW_TRACKING_URI` when set, else a sqlite store under the output directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
 
 
 def local_artifact_root(tracking_uri: str | None) -> str | None:

@@ -112,14 +112,16 @@ def _run(config, output: Path, more_iterations: int = 0) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from pipeline.artifact_store import default_tracking_uri  # MLflow-free: checked before MLflow loads
+
     output = Path(args.output).resolve()
-    if not os.environ.get("MLFLOW_TRACKING_URI") and not (output / "mlflow.db").is_file():  # before MLflow loads
+    tracking_uri = default_tracking_uri(output)
+    if tracking_uri.startswith("sqlite") and not (output / "mlflow.db").is_file():
         return _fail(f"no MLflow store in {output} (expected {output / 'mlflow.db'}); run `selfreward run` first")
     from pipeline.promotion import CHAMPION_ALIAS, TAG_CHAMPION, TAG_PROMOTION
     from pipeline.report import comparison_rows, format_table, jsonable, plot_comparison
-    from pipeline.tracking import Tracker, default_tracking_uri, registered_model_name
+    from pipeline.tracking import Tracker, registered_model_name
 
-    tracking_uri = default_tracking_uri(output)
     tracker = Tracker(tracking_uri, args.experiment)
     run_name = args.run_name or tracker.latest_pipeline_name()
     parent = tracker.find_pipeline(run_name) if run_name else None

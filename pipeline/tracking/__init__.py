@@ -6,6 +6,7 @@
 - `retry`: calls retried with back-off while the tracking server is away (`TrackingUnavailableError`).
 """
 
+from pipeline.artifact_store import default_tracking_uri  # MLflow-free, for the CLI's early checks
 from pipeline.tracking.registry import ModelRegistry, chat_prompt_template
 from pipeline.tracking.retry import TrackingUnavailableError
 from pipeline.tracking.tracker import (
@@ -19,7 +20,6 @@ from pipeline.tracking.tracker import (
     TAG_STAGE,
     RunIdentityError,
     Tracker,
-    default_tracking_uri,
     flatten,
     portable_paths,
     registered_model_name,

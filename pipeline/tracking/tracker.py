@@ -55,11 +55,6 @@ def registered_model_name(run_name: str, registered_model: str | None) -> str:
     return registered_model or f"{run_name}-policy"
 
 
-def default_tracking_uri(output_dir: str | Path) -> str:
-    """`MLFLOW_TRACKING_URI` when set, else a sqlite store under the output directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
-
-
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested mapping -> {"a.b.c": "value"} for MLflow params."""
     flat: dict[str, str] = {}
