@@ -4,8 +4,8 @@
 they write a small JSON spec and run `accelerate launch --num_processes N -m flows.launch SPEC`;
 every rank runs the same step function, the main rank publishes the step folder, and the parent
 reads its manifest. With several machines the spec is written into the run folder, where the
-other machines' `selfreward join` finds it (`flows.join`). The ranks log their curves to the same MLflow run (by id), so both paths look
-the same in the UI.
+other machines' `selfreward join` finds it (`flows.join`). The ranks log their curves to the same
+MLflow run (by id), so both paths look the same in the UI.
 
 `data_parallel(step)` is a generation step (prompts, candidates, judging, evaluation) as
 `runtime.parallel_generation` says: unchanged when it is off; else its models split every
